@@ -1,0 +1,117 @@
+"""Backend-neutral data and true parameters for the model zoo (NumPy only, generated from a seed).
+
+Each ``make_*`` returns a :class:`Problem`: the data dict (leading axis n), the center w* (the true
+parameter, as NumPy arrays keyed by site name), the theoretical λ where theory gives one, and the
+settings. ``models.numpyro_zoo`` and ``models.pyro_zoo`` wrap the same problems in each PPL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from models import theory
+
+
+@dataclass(frozen=True)
+class Problem:
+    name: str
+    data: dict[str, np.ndarray]
+    center: dict[str, np.ndarray]
+    theory_lambda: Fraction | None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(sum(np.size(v) for v in self.center.values()))
+
+
+def dln_weights(
+    widths: list[int], rank: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Random weights W_1..W_M (W_l of shape (H_l, H_{l−1})) whose product has rank ``rank``.
+
+    Entries are N(0, 1/H_{l−1}); the first layer is then projected to rank ``rank`` through a random
+    r-dimensional subspace (so the product has exactly that rank, with probability one, when every
+    width is ≥ rank).
+    """
+    weights = [
+        rng.normal(0.0, 1.0 / np.sqrt(widths[i]), size=(widths[i + 1], widths[i]))
+        for i in range(len(widths) - 1)
+    ]
+    if rank < min(widths):
+        q, _ = np.linalg.qr(rng.normal(size=(widths[1], max(rank, 1))))
+        proj = q[:, :rank] @ q[:, :rank].T if rank > 0 else np.zeros((widths[1], widths[1]))
+        weights[0] = proj @ weights[0]
+    return weights
+
+
+def make_dln(
+    widths: list[int] = (5, 5, 5),
+    rank: int | None = None,
+    n: int = 10_000,
+    seed: int = 0,
+    input_range: float = 10.0,
+    noise: float = 1.0,
+) -> Problem:
+    """Deep linear network y = W_M⋯W_1·x + N(0, noise²), x ~ U[−input_range, input_range]^{H_0}
+    (Furman & Lau 2024, App. E.1), centered at the true weights; λ from Aoyagi's formula."""
+    widths = list(widths)
+    rank = min(widths) if rank is None else rank
+    rng = np.random.default_rng(seed)
+    weights = dln_weights(widths, rank, rng)
+    x = rng.uniform(-input_range, input_range, size=(n, widths[0]))
+    f = x
+    for w in weights:
+        f = f @ w.T
+    y = f + noise * rng.normal(size=f.shape)
+    lam, _ = theory.deep_linear_network(widths, rank)
+    return Problem(
+        name=f"dln_{'x'.join(map(str, widths))}_r{rank}",
+        data={"x": x.astype(np.float32), "y": y.astype(np.float32)},
+        center={f"w{i}": w.astype(np.float32) for i, w in enumerate(weights)},
+        theory_lambda=lam,
+        settings={"widths": widths, "rank": rank, "noise": noise, "n": n, "seed": seed},
+    )
+
+
+def make_rrr(m: int = 3, h: int = 2, n_out: int = 3, rank: int = 1, **kwargs: Any) -> Problem:
+    """Reduced-rank regression y = B·A·x: a DLN of widths (M, H, N); λ of Aoyagi & Watanabe (2005)."""
+    problem = make_dln([m, h, n_out], rank, **kwargs)
+    lam = theory.reduced_rank_regression(m, h, n_out, rank)
+    assert lam == problem.theory_lambda  # the two formulas agree on three widths (reference §4)
+    return Problem(f"rrr_{m}_{h}_{n_out}_r{rank}", problem.data, problem.center, lam, problem.settings)
+
+
+def make_linear_regression(d: int = 10, n: int = 5_000, seed: int = 0, noise: float = 1.0) -> Problem:
+    """Regular linear regression y = x·w + N(0, noise²), x ~ N(0, I_d): λ = d/2."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=d)
+    x = rng.normal(size=(n, d))
+    y = x @ w + noise * rng.normal(size=n)
+    return Problem(
+        name=f"linear_regression_d{d}",
+        data={"x": x.astype(np.float32), "y": y.astype(np.float32)},
+        center={"w": w.astype(np.float32)},
+        theory_lambda=theory.regular(d),
+        settings={"d": d, "n": n, "seed": seed, "noise": noise},
+    )
+
+
+def make_normal_crossing(
+    powers: tuple[int, ...] = (1, 2), n: int = 5_000, seed: int = 0, noise: float = 1.0
+) -> Problem:
+    """y = x·Π w_i^{p_i} + N(0, noise²) with true w = 0: K ∝ Π w_i^{2p_i}, λ = 1/(2·max p_i)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    y = noise * rng.normal(size=n)
+    return Problem(
+        name="normal_crossing_" + "_".join(map(str, powers)),
+        data={"x": x.astype(np.float32), "y": y.astype(np.float32)},
+        center={"w": np.zeros(len(powers), np.float32)},
+        theory_lambda=theory.normal_crossing(powers),
+        settings={"powers": list(powers), "n": n, "seed": seed, "noise": noise},
+    )

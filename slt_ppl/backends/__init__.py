@@ -1,0 +1,91 @@
+"""Backends turn a user's model into a :class:`~slt_ppl.posterior.LocalPosterior`.
+
+``localize`` is the one public entry point; it detects the kind of model it is given.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from slt_ppl.errors import SettingError
+from slt_ppl.posterior import LocalPosterior
+
+BACKENDS = ("numpyro", "jax", "pyro")
+
+
+def localize(
+    model: Callable[..., Any],
+    data: Mapping[str, Any],
+    center: Any,
+    *,
+    nbeta: float | None = None,
+    gamma: float | str | None = "auto",
+    backend: str | None = None,
+    **kwargs: Any,
+) -> LocalPosterior:
+    """Build the localized tempered posterior p(w) ∝ exp(−nβ·L_n(w) − γ/2·‖w − w*‖²).
+
+    Source: Lau, Furman, Wang, Murfet, Wei 2023 (arXiv 2308.12108); nβ = n/log n by default
+    (Watanabe 2013).
+
+    Args:
+        model: a NumPyro model called as ``model(**data)``; a Pyro model (``backend="pyro"``, or
+            detected); or a plain JAX function ``loss(params, batch)`` returning the mean per-datum NLL
+            (``backend="jax"``, or detected from a two-argument signature).
+        data: dict of arrays whose leading axis indexes the n data points; minibatches slice axis 0.
+        center: w*: a dict of latent site values (constrained, as the model declares them) or, for a
+            loss function, a pytree of parameters.
+        nbeta: nβ; default n/log n.
+        gamma: γ; ``"auto"`` (default) picks the unit-information localization
+            γ = β·max(1, tr ∇²L_n(w*)/d), see :func:`slt_ppl.backends.common.unit_information_gamma`.
+        backend: force "numpyro", "jax" or "pyro".
+
+    Returns:
+        A :class:`LocalPosterior` over the flat vector of unconstrained parameters.
+    """
+    kind = backend or detect_backend(model, data)
+    if kind == "numpyro":
+        from slt_ppl.backends.numpyro_backend import localize_numpyro
+
+        return localize_numpyro(model, data, center, nbeta=nbeta, gamma=gamma, **kwargs)
+    if kind == "jax":
+        from slt_ppl.backends.jax_loss import localize_loss
+
+        return localize_loss(model, data, center, nbeta=nbeta, gamma=gamma, **kwargs)
+    if kind == "pyro":
+        try:
+            from slt_ppl.backends.pyro_backend import localize_pyro
+        except ImportError as err:
+            raise SettingError(
+                f"the Pyro backend needs torch and pyro-ppl installed ({err}); "
+                'install them with pip install torch==2.13.0 "slt_ppl[torch]"'
+            ) from err
+        return localize_pyro(model, data, center, nbeta=nbeta, gamma=gamma, **kwargs)
+    raise SettingError(f"unknown backend {kind!r}; choose one of {BACKENDS}")
+
+
+def detect_backend(model: Any, data: Mapping[str, Any]) -> str:
+    """Guess the backend: torch modules and Pyro models → "pyro"; two-argument functions whose
+    parameters are not data keys → "jax"; anything else → "numpyro"."""
+    module = type(model).__module__ if not callable(model) or hasattr(model, "forward") else ""
+    if module.startswith("torch") or hasattr(model, "forward"):
+        return "pyro"
+    source_module = getattr(inspect.getmodule(model), "__name__", "") or ""
+    globals_ = getattr(model, "__globals__", {})
+    uses_pyro = "pyro" in globals_ and "numpyro" not in globals_
+    if uses_pyro or source_module.startswith("pyro"):
+        return "pyro"
+    try:
+        params = [
+            p
+            for p in inspect.signature(model).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return "numpyro"
+    names = {p.name for p in params}
+    if len(params) == 2 and not (names & set(data)) and all(p.default is p.empty for p in params):
+        return "jax"
+    return "numpyro"

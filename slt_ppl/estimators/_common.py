@@ -1,0 +1,65 @@
+"""Shared plumbing of the sampling-based estimators: pick healthy chains, build the loss difference."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import xarray as xr
+
+from slt_ppl.errors import DivergenceError, DivergenceWarning, ResultError
+
+METHODS = ("paired", "unpaired")
+
+
+def stats_of(result: xr.DataTree | xr.Dataset) -> tuple[xr.Dataset, dict]:
+    """The ``sample_stats`` group and the root attrs of a sampling result."""
+    if isinstance(result, xr.DataTree):
+        if "sample_stats" not in result.children:
+            raise ResultError(
+                "result has no 'sample_stats' group; pass the DataTree returned by slt_ppl.sample"
+            )
+        return result["sample_stats"].to_dataset(), dict(result.attrs)
+    raise ResultError(f"expected the DataTree returned by slt_ppl.sample, got {type(result).__name__}")
+
+
+def loss_difference(stats: xr.Dataset, attrs: dict, method: str) -> xr.DataArray:
+    """Paired: L_B(w_t) − L_B(w*) on the same minibatch (control variate, reference section 6);
+    unpaired: L_B(w_t) − L_n(w*) with L_n(w*) on the full data (devinterp's form)."""
+    if method == "paired":
+        return stats["loss"] - stats["loss_center"]
+    if method == "unpaired":
+        return stats["loss"] - float(attrs["loss_center_full"])
+    raise ResultError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def healthy_chains(stats: xr.Dataset, warn: bool = True) -> tuple[xr.DataArray, str]:
+    """Boolean mask of chains that never diverged, and a sentence naming the dropped ones."""
+    diverged_at = stats["diverged_at"]
+    ok = diverged_at < 0
+    dropped = [
+        f"chain {int(c)} diverged at step {int(s)}"
+        for c, s in zip(diverged_at["chain"].values, diverged_at.values, strict=True)
+        if s >= 0
+    ]
+    if not bool(ok.any()):
+        raise DivergenceError(
+            "every chain diverged (" + "; ".join(dropped) + "): decrease the step size, "
+            "strengthen the localization gamma, or check that the center is a local minimum"
+        )
+    note = "; ".join(dropped)
+    if dropped and warn:
+        warnings.warn(
+            f"{len(dropped)} of {ok.size} chains dropped from the estimate: {note}",
+            DivergenceWarning,
+            stacklevel=3,
+        )
+    return ok, note
+
+
+def per_chain_mean(x: xr.DataArray) -> xr.DataArray:
+    return x.mean("draw", skipna=False)
+
+
+def finite_or_nan(value: float) -> float:
+    return float(value) if np.isfinite(value) else float("nan")

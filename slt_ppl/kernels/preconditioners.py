@@ -1,0 +1,67 @@
+"""Diagonal preconditioners as small Optax-style transformations: ``init(position)`` and
+``update(state, grad) -> (state, G)`` with G the diagonal of the preconditioning matrix.
+
+Optax's ``scale_by_rms`` returns the preconditioned *update* G⊙g, not G itself, and pSGLD needs G alone
+to scale the noise (√(εG)⊙ξ), so these few lines are written here rather than borrowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class Preconditioner(NamedTuple):
+    name: str
+    init: Callable[[Array], Any]
+    update: Callable[[Any, Array], tuple[Any, Array]]
+
+
+class RMSPropState(NamedTuple):
+    second_moment: Array
+    count: Array
+
+
+def identity() -> Preconditioner:
+    """G = 1 (plain SGLD)."""
+    return Preconditioner(
+        "identity", lambda position: (), lambda state, grad: (state, jnp.ones_like(grad))
+    )
+
+
+def rmsprop(alpha: float = 0.99, delta: float = 1e-5) -> Preconditioner:
+    """RMSprop preconditioner of pSGLD (Li, Chen, Carlson, Carin 2016, AAAI):
+
+        V ← αV + (1−α)·g²,   G = 1 / (√V̂ + δ),   V̂ = V / (1 − α^t)
+
+    The bias correction V̂ (as in Adam) avoids the huge first steps that V₀ = 0 would give; it is our
+    addition, not in the paper.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"rmsprop alpha must lie in (0, 1), got {alpha}")
+
+    def init(position: Array) -> RMSPropState:
+        return RMSPropState(jnp.zeros_like(position), jnp.zeros((), jnp.int32))
+
+    def update(state: RMSPropState, grad: Array) -> tuple[RMSPropState, Array]:
+        v = alpha * state.second_moment + (1.0 - alpha) * grad**2
+        count = state.count + 1
+        v_hat = v / (1.0 - alpha ** count.astype(grad.dtype))
+        return RMSPropState(v, count), 1.0 / (jnp.sqrt(v_hat) + delta)
+
+    return Preconditioner("rmsprop", init, update)
+
+
+def diagonal(scale: Array) -> Preconditioner:
+    """A fixed diagonal preconditioner G = scale (e.g. matched to a known rescaling of layers)."""
+    scale = jnp.asarray(scale)
+
+    def update(state: Any, grad: Array) -> tuple[Any, Array]:
+        return state, jnp.broadcast_to(scale, grad.shape).astype(grad.dtype)
+
+    return Preconditioner("diagonal", lambda position: (), update)

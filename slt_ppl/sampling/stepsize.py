@@ -1,0 +1,164 @@
+"""Automatic step size: a short warm-up that puts the MALA-acceptance diagnostic in its target band.
+
+Furman & Lau (2024, App. D) read the mean MALA acceptance probability of SGLD steps as a step-size check:
+0.90–0.95 is the target; below it discretization error inflates λ̂, above it ε can grow. The tuner:
+
+1. starts from ε₀ = 1/ĥ with ĥ the largest curvature of U_B at w* found by a few power iterations of
+   Hessian-vector products (a Langevin step is stable for ε·ĥ < 4, accurate well below);
+2. runs short probe segments (all chains, diagnostic every step), *keeping the chains' state* between
+   probes so later probes see the posterior's bulk rather than w* alone;
+3. brackets the band by factors of 4, then bisects on log ε, at most ``max_rounds`` probes;
+4. returns the largest ε tried whose acceptance lies in the band, else the one closest to it,
+5. capped by two accuracy bounds the acceptance cannot see (measured here: on a d = 10 regular
+   regression an in-band ε gave λ̂ = 26.6 for λ = 5, acceptance 0.93-0.99):
+   - curvature: ε ≤ ``curvature_fraction``/ĥ. For a direction of precision h the Euler-Maruyama chain
+     has variance 1/(h(1 − εh/4)), so its share of λ̂ is inflated by εh/4 (1.25% at the default 0.05);
+   - gradient noise: minibatch noise adds (ε/2)²·tr Σ_B per step to the injected ε·d, with
+     Σ_B = nβ²·Cov_i(∇ℓ_i)/B; ε ≤ 4κd/tr Σ_B keeps it below a fraction κ (``noise_fraction``) of the
+     injected noise, i.e. the effective temperature within κ of the target.
+
+For MALA (full batch, Metropolis-corrected) the same search targets its real acceptance rate in
+``MALA_BAND`` (Roberts & Rosenthal 1998: 0.574 is optimal for efficiency; any rate is exact).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from slt_ppl.posterior import LocalPosterior
+from slt_ppl.sampling.loop import ChainState, SegmentRunner
+
+SG_BAND = (0.90, 0.95)
+MALA_BAND = (0.55, 0.80)
+
+
+def top_curvature(posterior: LocalPosterior, batch: dict[str, jax.Array], iters: int = 20) -> float:
+    """Largest eigenvalue of ∇²U_B(w*) by power iteration on Hessian-vector products."""
+    w0 = posterior.center
+
+    def grad_fn(w: jax.Array) -> jax.Array:
+        return jax.grad(lambda x: posterior.potential(x, batch)[0])(w)
+
+    @jax.jit
+    def power(v: jax.Array) -> tuple[jax.Array, jax.Array]:
+        hv = jax.jvp(grad_fn, (w0,), (v,))[1]
+        norm = jnp.linalg.norm(hv)
+        return hv / jnp.where(norm > 0, norm, 1.0), jnp.vdot(v, hv)
+
+    v = jax.random.normal(jax.random.PRNGKey(0), w0.shape, w0.dtype)
+    v = v / jnp.linalg.norm(v)
+    rayleigh = jnp.asarray(0.0)
+    for _ in range(iters):
+        v_next, rayleigh = power(v)
+        v = v_next
+    value = float(jnp.abs(rayleigh))
+    return value if math.isfinite(value) and value > 0 else 1.0
+
+
+def gradient_noise_trace(
+    posterior: LocalPosterior, batch_size: int, max_points: int = 1024, chunk: int = 64
+) -> float:
+    """tr Σ_B = nβ²/B · tr Cov_i(∇ℓ_i(w*)), the variance of the minibatch gradient of U at w*,
+    from per-datum gradients of at most ``max_points`` points, ``chunk`` at a time."""
+    m = min(posterior.n, max_points)
+    m = (m // chunk) * chunk or m
+    chunk = min(chunk, m)
+    data = {k: v[:m] for k, v in posterior.data.items()}
+    w0 = posterior.center
+
+    def per_datum(row: dict[str, jax.Array]) -> jax.Array:
+        one = {k: v[None] for k, v in row.items()}
+        return jax.grad(posterior.loss_fn)(w0, one)
+
+    def body(carry, rows):
+        g = jax.vmap(per_datum)(rows)
+        return (carry[0] + g.sum(0), carry[1] + jnp.sum(g**2)), None
+
+    rows = {k: v.reshape(m // chunk, chunk, *v.shape[1:]) for k, v in data.items()}
+    init = (jnp.zeros_like(w0), jnp.zeros((), w0.dtype))
+    (total, total_sq), _ = jax.jit(lambda r: jax.lax.scan(body, init, r))(rows)
+    trace_cov = float(total_sq / m - jnp.sum((total / m) ** 2))
+    if batch_size >= posterior.n or not math.isfinite(trace_cov):
+        return 0.0
+    return posterior.nbeta**2 * max(trace_cov, 0.0) / batch_size
+
+
+def tune_step_size(
+    runner: SegmentRunner,
+    state: ChainState,
+    chain_keys: jax.Array,
+    batch_keys: jax.Array,
+    *,
+    probe_draws: int = 100,
+    max_rounds: int = 12,
+    band: tuple[float, float] | None = None,
+    curvature_fraction: float = 0.05,
+    noise_fraction: float = 0.05,
+) -> tuple[float, dict[str, Any]]:
+    """Search ε so the acceptance lands in ``band``; returns (ε, record of the search)."""
+    post = runner.posterior
+    if band is None:
+        band = MALA_BAND if runner.kernel.proposal == "metropolis" else SG_BAND
+    lo_band, hi_band = band
+    target = 0.5 * (lo_band + hi_band)
+    sub = {k: v[: min(post.n, 2048)] for k, v in post.data.items()}
+    curvature = top_curvature(post, sub)
+    eps = 1.0 / curvature
+    if runner.kernel.params.get("preconditioner") == "rmsprop":
+        eps = 1e-3  # pSGLD's G ≈ 1/|∇U| makes ε dimensionless; start from a small constant
+    caps = {}
+    if runner.kernel.params.get("preconditioner") in (None, "identity"):
+        caps["curvature"] = curvature_fraction / curvature
+        if not runner.kernel.full_batch:
+            noise = gradient_noise_trace(post, runner.batch_size)
+            if noise > 0:
+                caps["gradient_noise"] = 4.0 * noise_fraction * post.dim / noise
+    cap = min(caps.values()) if caps else math.inf
+    eps = min(eps, cap)
+    run = runner.build(probe_draws)
+    initial = state
+    history: list[tuple[float, float]] = []
+    lo = hi = None  # lo: largest ε with acceptance too high; hi: smallest with acceptance too low
+    best: tuple[float, float] | None = None
+    for round_ in range(max_rounds):
+        new_state, rec = run(state, chain_keys, batch_keys, jnp.asarray(eps), round_ * probe_draws)
+        acc = np.asarray(rec.acceptance)[:, probe_draws // 2 :]
+        diverged = np.asarray(new_state.diverged_at) >= 0
+        mean_acc = 0.0 if diverged.any() else float(np.nanmean(acc)) if np.isfinite(acc).any() else 0.0
+        history.append((eps, mean_acc))
+        state = initial if diverged.any() else new_state
+        if lo_band <= mean_acc <= hi_band or (mean_acc > hi_band and eps >= cap):
+            best = (eps, mean_acc)
+            break
+        if mean_acc > hi_band:
+            lo = eps
+            eps = min(cap, eps * 4.0 if hi is None else math.sqrt(eps * hi))
+        else:
+            hi = eps
+            eps = eps / 4.0 if lo is None else math.sqrt(lo * eps)
+    if best is None:
+        in_band = [h for h in history if lo_band <= h[1] <= hi_band]
+        best = (
+            max(in_band)
+            if in_band
+            else min(history, key=lambda h: (abs(h[1] - target), -h[0]) if h[1] > 0 else (9, 0))
+        )
+    chosen = min(best[0], cap)
+    record = {
+        "method": "bisection on log step size, MALA-acceptance target band",
+        "band": list(band),
+        "initial_curvature": curvature,
+        "history": [[float(e), float(a)] for e, a in history],
+        "acceptance_choice": float(best[0]),
+        "acceptance_at_choice": float(best[1]),
+        "in_band": bool(lo_band <= best[1] <= hi_band),
+        "caps": {k: float(v) for k, v in caps.items()},
+        "chosen": float(chosen),
+        "binding": "acceptance" if chosen == best[0] else min(caps, key=caps.get),
+    }
+    return float(chosen), record
