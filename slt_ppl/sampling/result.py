@@ -69,6 +69,11 @@ def constrained_draws(posterior: LocalPosterior, positions: np.ndarray) -> xr.Da
     num_chains, num_draws, _ = positions.shape
     flat = positions.reshape(num_chains * num_draws, -1)
     params = jax.vmap(lambda w: posterior.constrain(posterior.unravel(w)))(flat)
+    if not isinstance(params, dict):  # a plain-loss posterior whose center is an array or pytree
+        params = {
+            (jax.tree_util.keystr(path) or "w"): leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        }
     data = {}
     for name, value in params.items():
         value = np.asarray(value).reshape(num_chains, num_draws, *np.shape(value)[1:])

@@ -12,7 +12,7 @@ Furman & Lau (2024, App. D) read the mean MALA acceptance probability of SGLD st
 5. capped by two accuracy bounds the acceptance cannot see (measured here: on a d = 10 regular
    regression an in-band ε gave λ̂ = 26.6 for λ = 5, acceptance 0.93-0.99):
    - curvature: ε ≤ ``curvature_fraction``/ĥ. For a direction of precision h the Euler-Maruyama chain
-     has variance 1/(h(1 − εh/4)), so its share of λ̂ is inflated by εh/4 (1.25% at the default 0.05);
+     has variance 1/(h(1 − εh/4)), so its share of λ̂ is inflated by εh/4 (5% in the stiffest direction at the default 0.2, less in the others);
    - gradient noise: minibatch noise adds (ε/2)²·tr Σ_B per step to the injected ε·d, with
      Σ_B = nβ²·Cov_i(∇ℓ_i)/B; ε ≤ 4κd/tr Σ_B keeps it below a fraction κ (``noise_fraction``) of the
      injected noise, i.e. the effective temperature within κ of the target;
@@ -99,7 +99,7 @@ def tune_step_size(
     probe_draws: int = 100,
     max_rounds: int = 12,
     band: tuple[float, float] | None = None,
-    curvature_fraction: float = 0.05,
+    curvature_fraction: float = 0.2,
     noise_fraction: float = 0.05,
     verify_draws: int = 400,
     max_verify: int = 6,
@@ -155,7 +155,7 @@ def tune_step_size(
         )
     # The acceptance is measured near w*; on singular models the curvature grows along the valleys the
     # chains later explore, so the acceptance-derived ε gets a safety factor.
-    chosen = min(best[0] * safety, cap)
+    chosen = min(best[0] * safety, cap) if best[0] < cap else cap
     # Verify on a longer probe from the tuned state: chains that wander into sharper regions (the
     # valleys of singular models) must neither diverge nor fall below the band; halve ε until they don't.
     verify = runner.build(verify_draws)
@@ -182,7 +182,7 @@ def tune_step_size(
         "in_band": bool(lo_band <= best[1] <= hi_band),
         "caps": {k: float(v) for k, v in caps.items()},
         "chosen": float(chosen),
-        "binding": "acceptance" if chosen == best[0] * safety else ("verification" if len(verified) > 1 else min(caps, key=caps.get)),
+        "binding": "acceptance" if best[0] < cap and len(verified) == 1 else ("verification" if len(verified) > 1 else min(caps, key=caps.get)),
         "verification": [[float(e), float(a), bool(d)] for e, a, d in verified],
     }
     return float(chosen), record
