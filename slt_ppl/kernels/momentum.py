@@ -1,15 +1,21 @@
 """Momentum SG-MCMC kernels: SGHMC (Chen, Fox, Guestrin 2014) and SGNHT (Ding et al. 2014).
 
-Both integrate underdamped Langevin dynamics with BlackJAX's Euler solvers (Ma, Chen, Fox 2015 scaling):
+Both integrate underdamped Langevin dynamics with unit mass (p ~ N(0, I) at stationarity) by the
+semi-implicit (symplectic) Euler step of Chen et al.'s Algorithm 2 — momentum first, then position
+with the *new* momentum:
 
-    SGHMC:  w ← w + h·p;   p ← (1 − αh)·p − h·∇U_B(w) + √(2αh)·ξ
-    SGNHT:  w ← w + h·p;   p ← (1 − ζh)·p − h·∇U_B(w) + √(2Ah)·ξ;   ζ ← ζ + h·(pᵀp/d − 1)
+    SGHMC:  p ← (1 − αh)·p − h·∇U_B(w) + √(2αh)·ξ;   w ← w + h·p
+    SGNHT:  p ← (1 − ζh)·p − h·∇U_B(w) + √(2Ah)·ξ;   w ← w + h·p;   ζ ← ζ + h·(pᵀp/d − 1)
 
-with unit mass, so p ~ N(0, I) at stationarity. Here h = √ε (see ``kernels.base``) and the friction
-is given per step: α = A = ``friction``/h, so a fraction ``friction`` of the momentum is refreshed each
-step. The SGNHT thermostat ζ starts at A and adapts the friction to the unknown gradient noise; its
-momentum update is applied as the paper writes it (devinterp computes this correction but never applies
-it).
+Here h = √ε (see ``kernels.base``) and the friction is given per step: α = A = ``friction``/h, so a
+fraction ``friction`` of the momentum is refreshed each step. The SGNHT thermostat ζ starts at A and
+adapts the friction to the unknown gradient noise; its momentum update is applied as the paper writes
+it (devinterp computes this correction but never applies it).
+
+Why not BlackJAX's ``sgmcmc.diffusions.sghmc/sgnht``: they move w with the *old* momentum before the
+momentum update (explicit Euler), which is not symplectic; measured here on a Gaussian target
+(d = 12, ε = 0.02, friction 0.1) their SGHMC variance came out ~70% too large. The semi-implicit form
+costs the same and passes the Gaussian-target test.
 """
 
 from __future__ import annotations
@@ -18,8 +24,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from blackjax.sgmcmc.diffusions import sghmc as sghmc_diffusion
-from blackjax.sgmcmc.diffusions import sgnht as sgnht_diffusion
 
 from slt_ppl.kernels.base import Kernel, PotentialFn, StepInfo
 
@@ -54,9 +58,9 @@ def sghmc(friction: float = 0.1) -> Kernel:
     ) -> tuple[SGHMCState, StepInfo]:
         (potential, loss), grad = jax.value_and_grad(potential_fn, has_aux=True)(state.position)
         h = jnp.sqrt(step_size)
-        # BlackJAX's solver closes over alpha; build it per step so alpha = friction / h can follow ε.
-        solver = sghmc_diffusion(alpha=friction / h, beta=0.0)
-        position, momentum = solver(key, state.position, state.momentum, -grad, h)
+        noise = jax.random.normal(key, grad.shape, grad.dtype)
+        momentum = (1.0 - friction) * state.momentum - h * grad + jnp.sqrt(2.0 * friction) * noise
+        position = state.position + h * momentum
         info = StepInfo(loss, potential, grad, _nan_like(grad), jnp.ones_like(grad))
         return SGHMCState(position, momentum), info
 
@@ -77,12 +81,16 @@ def sgnht(friction: float = 0.1) -> Kernel:
     ) -> tuple[SGNHTState, StepInfo]:
         (potential, loss), grad = jax.value_and_grad(potential_fn, has_aux=True)(state.position)
         h = jnp.sqrt(step_size)
-        alpha = friction / h
-        thermostat = jnp.where(jnp.isnan(state.thermostat), alpha, state.thermostat)
-        solver = sgnht_diffusion(alpha=alpha, beta=0.0)
-        position, momentum, thermostat = solver(
-            key, state.position, state.momentum, thermostat, -grad, h
+        diffusion = friction / h
+        thermostat = jnp.where(jnp.isnan(state.thermostat), diffusion, state.thermostat)
+        noise = jax.random.normal(key, grad.shape, grad.dtype)
+        momentum = (
+            (1.0 - thermostat * h) * state.momentum
+            - h * grad
+            + jnp.sqrt(2.0 * diffusion * h) * noise
         )
+        position = state.position + h * momentum
+        thermostat = thermostat + h * (jnp.mean(momentum**2) - 1.0)
         info = StepInfo(loss, potential, grad, _nan_like(grad), jnp.ones_like(grad))
         return SGNHTState(position, momentum, thermostat), info
 

@@ -61,9 +61,18 @@ def sgld(preconditioner: Preconditioner | None = None) -> Kernel:
     )
 
 
-def rmsprop_sgld(alpha: float = 0.99, delta: float = 1e-5) -> Kernel:
-    """pSGLD with the RMSprop preconditioner (Li et al. 2016)."""
-    kernel = sgld(rmsprop(alpha, delta))
+def rmsprop_sgld(
+    alpha: float = 0.99, delta: float = 1e-5, freeze_after: int | None = None
+) -> Kernel:
+    """pSGLD with the RMSprop preconditioner (Li et al. 2016); ``slt_ppl.sample`` freezes the
+    preconditioner at the end of burn-in unless told otherwise (see ``preconditioners.rmsprop``)."""
+    kernel = sgld(rmsprop(alpha, delta, freeze_after))
     return kernel._replace(
-        name="rmsprop_sgld", params={"preconditioner": "rmsprop", "alpha": alpha, "delta": delta}
+        name="rmsprop_sgld",
+        params={
+            "preconditioner": "rmsprop",
+            "alpha": alpha,
+            "delta": delta,
+            "freeze_after": -1 if freeze_after is None else int(freeze_after),
+        },
     )

@@ -82,7 +82,10 @@ def sample(
             posterior, kernel, step_size, num_chains, num_draws, num_burnin, thin, seed,
             keep_draws=keep_draws, progress=progress, kernel_options=kernel_options or {},
         )  # fmt: skip
-    kern = get_kernel(kernel, **(kernel_options or {}))
+    options = dict(kernel_options or {})
+    if kernel == "rmsprop_sgld":
+        options.setdefault("freeze_after", num_burnin)
+    kern = get_kernel(kernel, **options)
     batch = posterior.n if kern.full_batch else min(posterior.n, batch_size or DEFAULT_BATCH_SIZE)
     runner = SegmentRunner(
         posterior, kern, batch, thin, diag_every, keep_draws, shared_batches, float(explode)
