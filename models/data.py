@@ -29,9 +29,7 @@ class Problem:
         return int(sum(np.size(v) for v in self.center.values()))
 
 
-def dln_weights(
-    widths: list[int], rank: int, rng: np.random.Generator
-) -> list[np.ndarray]:
+def dln_weights(widths: list[int], rank: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Random weights W_1..W_M (W_l of shape (H_l, H_{l−1})) whose product has rank ``rank``.
 
     Entries are N(0, 1/H_{l−1}); the first layer is then projected to rank ``rank`` through a random
@@ -83,10 +81,14 @@ def make_rrr(m: int = 3, h: int = 2, n_out: int = 3, rank: int = 1, **kwargs: An
     problem = make_dln([m, h, n_out], rank, **kwargs)
     lam = theory.reduced_rank_regression(m, h, n_out, rank)
     assert lam == problem.theory_lambda  # the two formulas agree on three widths (reference §4)
-    return Problem(f"rrr_{m}_{h}_{n_out}_r{rank}", problem.data, problem.center, lam, problem.settings)
+    return Problem(
+        f"rrr_{m}_{h}_{n_out}_r{rank}", problem.data, problem.center, lam, problem.settings
+    )
 
 
-def make_linear_regression(d: int = 10, n: int = 5_000, seed: int = 0, noise: float = 1.0) -> Problem:
+def make_linear_regression(
+    d: int = 10, n: int = 5_000, seed: int = 0, noise: float = 1.0
+) -> Problem:
     """Regular linear regression y = x·w + N(0, noise²), x ~ N(0, I_d): λ = d/2."""
     rng = np.random.default_rng(seed)
     w = rng.normal(size=d)

@@ -15,7 +15,9 @@ from models import data as zoo
 from models.data import Problem
 
 
-def dln_model(x: jnp.ndarray, y: jnp.ndarray | None = None, *, widths: tuple[int, ...], noise: float = 1.0):
+def dln_model(
+    x: jnp.ndarray, y: jnp.ndarray | None = None, *, widths: tuple[int, ...], noise: float = 1.0
+):
     """Deep linear network y ~ N(W_M⋯W_1·x, noise²) with standard normal priors on the weights."""
     f = x
     for i in range(len(widths) - 1):

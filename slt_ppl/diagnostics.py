@@ -76,7 +76,11 @@ def health_checks(
         passed.append(bool(ok))
         details.append(detail)
 
-    bad = [int(c) for c, s in zip(diverged_at["chain"].values, diverged_at.values, strict=True) if s >= 0]
+    bad = [
+        int(c)
+        for c, s in zip(diverged_at["chain"].values, diverged_at.values, strict=True)
+        if s >= 0
+    ]
     add(
         "finite",
         len(bad),
@@ -92,12 +96,18 @@ def health_checks(
     add("ess", e, bool(e >= th.min_ess), f"bulk ESS {e:.0f} (min {th.min_ess:.0f})")
     if acceptance is not None and np.isfinite(acceptance.values).any():
         a = float(np.nanmean(acceptance.values))
-        band = SG_ACCEPTANCE_BAND if kernel not in ("mala", "hmc", "nuts") else EXACT_ACCEPTANCE_BAND
+        band = (
+            SG_ACCEPTANCE_BAND if kernel not in ("mala", "hmc", "nuts") else EXACT_ACCEPTANCE_BAND
+        )
         ok = a >= band[0]
         hint = (
             " : decrease the step size"
             if a < band[0]
-            else (" : above the band (fine for accuracy; a larger step may save time)" if a > band[1] else "")
+            else (
+                " : above the band (fine for accuracy; a larger step may save time)"
+                if a > band[1]
+                else ""
+            )
         )
         add("acceptance", a, ok, f"mean acceptance {a:.3f} (target {band[0]}-{band[1]}){hint}")
     z = trend_z(trace)

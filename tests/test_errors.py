@@ -8,8 +8,8 @@ import numpyro.distributions as dist
 import pytest
 
 import slt_ppl
-from slt_ppl.errors import CenterError, DataError, ModelError, SettingError
 from models import numpyro_zoo as zoo
+from slt_ppl.errors import CenterError, DataError, ModelError, SettingError
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,9 @@ def test_no_observed_site():
 def test_batch_size_larger_than_n(linear):
     model, p = linear
     post = slt_ppl.localize(model, p.data, p.center)
-    with pytest.raises(SettingError, match="batch_size = 500 exceeds the number of data points n = 200"):
+    with pytest.raises(
+        SettingError, match="batch_size = 500 exceeds the number of data points n = 200"
+    ):
         slt_ppl.sample(post, batch_size=500, progress=False)
 
 

@@ -33,7 +33,12 @@ def posterior():
 
 @pytest.mark.parametrize(
     ("kernel", "step", "exact"),
-    [("sgld", 0.02, True), ("rmsprop_sgld", 0.02, False), ("sghmc", 0.02, False), ("sgnht", 0.02, False)],
+    [
+        ("sgld", 0.02, True),
+        ("rmsprop_sgld", 0.02, False),
+        ("sghmc", 0.02, False),
+        ("sgnht", 0.02, False),
+    ],
 )
 def test_kernel_samples_gaussian(posterior, kernel, step, exact):
     res = slt_ppl.sample(

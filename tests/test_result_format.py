@@ -43,7 +43,9 @@ def test_same_seed_same_draws_and_chain_independence():
     a = slt_ppl.sample(post, num_chains=2, **kw)
     b = slt_ppl.sample(post, num_chains=2, **kw)
     c = slt_ppl.sample(post, num_chains=3, **kw)
-    np.testing.assert_array_equal(a["sample_stats"]["loss"].values, b["sample_stats"]["loss"].values)
+    np.testing.assert_array_equal(
+        a["sample_stats"]["loss"].values, b["sample_stats"]["loss"].values
+    )
     np.testing.assert_array_equal(
         a["sample_stats"]["loss"].values, c["sample_stats"]["loss"].values[:2]
     )
@@ -61,4 +63,6 @@ def test_plain_jax_loss_backend():
     post_loss = slt_ppl.localize(loss, p.data, {"w": p.center["w"]})
     post_model = slt_ppl.localize(model, p.data, p.center)
     assert post_loss.backend == "jax"
-    assert np.isclose(post_loss.info["loss_center_full"], post_model.info["loss_center_full"], rtol=1e-5)
+    assert np.isclose(
+        post_loss.info["loss_center_full"], post_model.info["loss_center_full"], rtol=1e-5
+    )

@@ -30,7 +30,9 @@ def localize_loss(
     jdata = {k: jnp.asarray(v) for k, v in arrays.items()}
     leaves = jax.tree_util.tree_leaves(center)
     if not leaves:
-        raise CenterError("center is empty: pass the parameters w* as an array or a pytree of arrays")
+        raise CenterError(
+            "center is empty: pass the parameters w* as an array or a pytree of arrays"
+        )
     for path, leaf in jax.tree_util.tree_leaves_with_path(center):
         arr = np.asarray(leaf)
         if arr.dtype.kind != "f":
@@ -48,7 +50,9 @@ def localize_loss(
     try:
         value = loss(center, {k: v[:2] for k, v in jdata.items()})
     except Exception as err:
-        raise ModelError(f"calling loss(center, batch) failed: {type(err).__name__}: {err}") from err
+        raise ModelError(
+            f"calling loss(center, batch) failed: {type(err).__name__}: {err}"
+        ) from err
     if np.shape(value) not in ((), (1,)):
         raise ModelError(
             f"loss(params, batch) must return a scalar mean NLL, got shape {np.shape(value)}"

@@ -20,7 +20,9 @@ def stats_of(result: xr.DataTree | xr.Dataset) -> tuple[xr.Dataset, dict]:
                 "result has no 'sample_stats' group; pass the DataTree returned by slt_ppl.sample"
             )
         return result["sample_stats"].to_dataset(), dict(result.attrs)
-    raise ResultError(f"expected the DataTree returned by slt_ppl.sample, got {type(result).__name__}")
+    raise ResultError(
+        f"expected the DataTree returned by slt_ppl.sample, got {type(result).__name__}"
+    )
 
 
 def loss_difference(stats: xr.Dataset, attrs: dict, method: str) -> xr.DataArray:

@@ -55,7 +55,9 @@ def llc(
             "llc": estimate,
             "llc_se": se,
             "llc_per_chain": per_chain,
-            "llc_sd_chains": float(per_chain.std(skipna=True, ddof=1)) if int(ok.sum()) > 1 else np.nan,
+            "llc_sd_chains": float(per_chain.std(skipna=True, ddof=1))
+            if int(ok.sum()) > 1
+            else np.nan,
             "loss_center_full": float(attrs["loss_center_full"]),
             "rhat": values.get("rhat", np.nan),
             "ess": values.get("ess", np.nan),

@@ -37,4 +37,3 @@ def mala() -> Kernel:
         return new_state, StepInfo(nan, -state.logdensity, grad, acceptance, jnp.ones_like(grad))
 
     return Kernel("mala", init, step, "metropolis", True, {})
-

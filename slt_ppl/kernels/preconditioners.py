@@ -55,7 +55,9 @@ def rmsprop(
 
     def update(state: RMSPropState, grad: Array) -> tuple[RMSPropState, Array]:
         live = True if freeze_after is None else state.count < freeze_after
-        v = jnp.where(live, alpha * state.second_moment + (1.0 - alpha) * grad**2, state.second_moment)
+        v = jnp.where(
+            live, alpha * state.second_moment + (1.0 - alpha) * grad**2, state.second_moment
+        )
         count = jnp.where(live, state.count + 1, state.count)
         v_hat = v / (1.0 - alpha ** count.astype(grad.dtype))
         return RMSPropState(v, count), 1.0 / (jnp.sqrt(v_hat) + delta)

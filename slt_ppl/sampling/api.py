@@ -72,7 +72,9 @@ def sample(
         ``posterior`` (one variable per site, constrained values); attrs carry n, nβ, γ, ε, kernel,
         seed, backend and versions.
     """
-    _check_settings(posterior, kernel, batch_size, num_chains, num_draws, num_burnin, thin, diag_every)
+    _check_settings(
+        posterior, kernel, batch_size, num_chains, num_draws, num_burnin, thin, diag_every
+    )
     if num_burnin is None:
         num_burnin = num_draws * thin
     if isinstance(kernel, str) and kernel in NUMPYRO_KERNELS:
@@ -102,9 +104,9 @@ def sample(
     )
     positions = jnp.broadcast_to(posterior.center, (num_chains, posterior.dim))
     if init_jitter > 0:
-        noise = jax.vmap(
-            lambda k: jax.random.normal(jax.random.fold_in(k, 7), (posterior.dim,))
-        )(chain_keys)
+        noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 7), (posterior.dim,)))(
+            chain_keys
+        )
         positions = positions + init_jitter * noise
     state = runner.init(chain_keys, positions)
 
@@ -119,7 +121,9 @@ def sample(
         try:
             step_size = float(step_size)
         except (TypeError, ValueError) as err:
-            raise SettingError(f"step_size must be a positive number or 'auto', got {step_size!r}") from err
+            raise SettingError(
+                f"step_size must be a positive number or 'auto', got {step_size!r}"
+            ) from err
         if not (math.isfinite(step_size) and step_size > 0):
             raise SettingError(f"step_size must be a positive finite number, got {step_size}")
 
@@ -227,5 +231,9 @@ def _check_settings(
             raise SettingError(
                 f"batch_size = {batch_size} exceeds the number of data points n = {posterior.n}"
             )
-    if isinstance(kernel, str) and kernel in FULL_BATCH_KERNELS and batch_size not in (None, posterior.n):
+    if (
+        isinstance(kernel, str)
+        and kernel in FULL_BATCH_KERNELS
+        and batch_size not in (None, posterior.n)
+    ):
         raise SettingError(f"kernel {kernel!r} is full batch; batch_size must be None or n")

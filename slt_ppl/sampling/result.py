@@ -29,7 +29,16 @@ STAT_FIELDS = ("loss", "loss_center", "acceptance", "grad_norm", "distance")
 
 def versions() -> dict[str, str]:
     out = {}
-    for pkg in ("slt_ppl", "jax", "numpyro", "blackjax", "xarray", "arviz-stats", "torch", "pyro-ppl"):
+    for pkg in (
+        "slt_ppl",
+        "jax",
+        "numpyro",
+        "blackjax",
+        "xarray",
+        "arviz-stats",
+        "torch",
+        "pyro-ppl",
+    ):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -79,9 +88,7 @@ def constrained_draws(posterior: LocalPosterior, positions: np.ndarray) -> xr.Da
         value = np.asarray(value).reshape(num_chains, num_draws, *np.shape(value)[1:])
         dims = ("chain", "draw", *[f"{name}_dim_{k}" for k in range(value.ndim - 2)])
         data[name] = (dims, value)
-    return xr.Dataset(
-        data, coords={"chain": np.arange(num_chains), "draw": np.arange(num_draws)}
-    )
+    return xr.Dataset(data, coords={"chain": np.arange(num_chains), "draw": np.arange(num_draws)})
 
 
 def build_result(

@@ -134,7 +134,9 @@ def tune_step_size(
         new_state, rec = run(state, chain_keys, batch_keys, jnp.asarray(eps), round_ * probe_draws)
         acc = np.asarray(rec.acceptance)[:, probe_draws // 2 :]
         diverged = np.asarray(new_state.diverged_at) >= 0
-        mean_acc = 0.0 if diverged.any() else float(np.nanmean(acc)) if np.isfinite(acc).any() else 0.0
+        mean_acc = (
+            0.0 if diverged.any() else float(np.nanmean(acc)) if np.isfinite(acc).any() else 0.0
+        )
         history.append((eps, mean_acc))
         state = initial if diverged.any() else new_state
         if lo_band <= mean_acc <= hi_band or (mean_acc > hi_band and eps >= cap):
@@ -182,7 +184,9 @@ def tune_step_size(
         "in_band": bool(lo_band <= best[1] <= hi_band),
         "caps": {k: float(v) for k, v in caps.items()},
         "chosen": float(chosen),
-        "binding": "acceptance" if best[0] < cap and len(verified) == 1 else ("verification" if len(verified) > 1 else min(caps, key=caps.get)),
+        "binding": "acceptance"
+        if best[0] < cap and len(verified) == 1
+        else ("verification" if len(verified) > 1 else min(caps, key=caps.get)),
         "verification": [[float(e), float(a), bool(d)] for e, a, d in verified],
     }
     return float(chosen), record
