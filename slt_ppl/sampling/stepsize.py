@@ -15,7 +15,8 @@ Furman & Lau (2024, App. D) read the mean MALA acceptance probability of SGLD st
      has variance 1/(h(1 − εh/4)), so its share of λ̂ is inflated by εh/4 (5% in the stiffest direction at the default 0.2, less in the others);
    - gradient noise: minibatch noise adds (ε/2)²·tr Σ_B per step to the injected ε·d, with
      Σ_B = nβ²·Cov_i(∇ℓ_i)/B; ε ≤ 4κd/tr Σ_B keeps it below a fraction κ (``noise_fraction``) of the
-     injected noise, i.e. the effective temperature within κ of the target;
+     injected noise, i.e. the effective temperature within κ of the target (momentum kernels,
+     which refresh only a fraction f of their momentum per step, get ε ≤ 2κfd/tr Σ_B);
 6. verifies the choice on a longer probe (``verify_draws``) and halves ε while any chain diverges or
    the acceptance falls below the band there.
 
@@ -123,6 +124,11 @@ def tune_step_size(
             noise = gradient_noise_trace(post, runner.batch_size)
             if noise > 0:
                 caps["gradient_noise"] = 4.0 * noise_fraction * post.dim / noise
+                if runner.kernel.proposal == "probe":
+                    # Momentum kernels inject only √(2·friction) of fresh noise per step, so the same
+                    # minibatch noise h²·tr Σ_B heats them 2/friction times more than SGLD: the
+                    # cap shrinks by friction/2 (measured: SGHMC at SGLD's ε gave λ̂ = 9.4 for ≈ 4).
+                    caps["gradient_noise"] *= 0.5 * float(runner.kernel.params["friction"])
     cap = min(caps.values()) if caps else math.inf
     eps = min(eps, cap)
     run = runner.build(probe_draws)
