@@ -28,10 +28,18 @@ _RANK_RTOL = 1e-10
 
 
 def _eigvalsh_psd(matrix: np.ndarray) -> np.ndarray:
-    """Eigenvalues of a symmetric PSD matrix, descending, round-off negatives set to 0."""
+    """Eigenvalues of a symmetric PSD matrix, descending; round-off ones set to 0.
+
+    Eigenvalues below size·ε_machine·λ_max (the numerical-rank cut of ``numpy.linalg.matrix_rank``)
+    are zeroed: otherwise a rank-deficient Fisher would get spurious ~1e-16 eigenvalues, which the
+    2sED amplifies at small ε.
+    """
+    if matrix.shape[0] == 0:
+        return np.zeros(0)
     sym = 0.5 * (matrix + matrix.T)
     vals = np.linalg.eigvalsh(sym)[::-1]
-    return np.clip(vals, 0.0, None)
+    cut = max(vals[0], 0.0) * matrix.shape[0] * np.finfo(np.float64).eps * 10
+    return np.where(vals > cut, vals, 0.0)
 
 
 def _range_basis(gram: np.ndarray) -> np.ndarray:
