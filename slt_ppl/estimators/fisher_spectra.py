@@ -27,18 +27,22 @@ from slt_ppl.errors import DataError, SettingError
 _RANK_RTOL = 1e-10
 
 
-def _eigvalsh_psd(matrix: np.ndarray) -> np.ndarray:
+def _eigvalsh_psd(
+    matrix: np.ndarray, scale: float | None = None, rtol: float | None = None
+) -> np.ndarray:
     """Eigenvalues of a symmetric PSD matrix, descending; round-off ones set to 0.
 
     Eigenvalues below size·ε_machine·λ_max (the numerical-rank cut of ``numpy.linalg.matrix_rank``)
     are zeroed: otherwise a rank-deficient Fisher would get spurious ~1e-16 eigenvalues, which the
-    2sED amplifies at small ε.
+    2sED amplifies at small ε. ``scale`` replaces λ_max (a Schur complement is cut relative to its
+    block, not to itself, with the looser ``rtol`` since it is a difference of large terms).
     """
     if matrix.shape[0] == 0:
         return np.zeros(0)
     sym = 0.5 * (matrix + matrix.T)
     vals = np.linalg.eigvalsh(sym)[::-1]
-    cut = max(vals[0], 0.0) * matrix.shape[0] * np.finfo(np.float64).eps * 10
+    top = max(vals[0], 0.0) if scale is None else scale
+    cut = top * (matrix.shape[0] * np.finfo(np.float64).eps * 10 if rtol is None else rtol)
     return np.where(vals > cut, vals, 0.0)
 
 
@@ -88,7 +92,8 @@ def spectra_from_scores(
         basis = _range_basis(cumulative)
         resid = gram_l - basis @ (basis.T @ gram_l)
         resid = resid - (resid @ basis) @ basis.T
-        conditional[name] = _eigvalsh_psd(resid)[: min(k, j_l.shape[1])] / k
+        scale = float(np.trace(gram_l))
+        conditional[name] = _eigvalsh_psd(resid, scale, _RANK_RTOL)[: min(k, j_l.shape[1])] / k
         cumulative = cumulative + gram_l
         total = total + gram_l
     full = _eigvalsh_psd(total)[: min(k, scores.shape[1])] / k
@@ -113,7 +118,7 @@ def spectra_from_matrix(
             schur = f_ll - f_le @ np.linalg.pinv(f_ee, rcond=1e-12, hermitian=True) @ f_le.T
         else:
             schur = f_ll
-        conditional[name] = _eigvalsh_psd(schur)
+        conditional[name] = _eigvalsh_psd(schur, float(np.trace(f_ll)), _RANK_RTOL)
         earlier = np.concatenate([earlier, cols])
     return _eigvalsh_psd(matrix), block, conditional, float(np.trace(matrix))
 
