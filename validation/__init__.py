@@ -1,0 +1,1 @@
+"""Validation suites: compositions of slt_ppl's public functions, runnable by users."""
