@@ -59,3 +59,4 @@ class Kernel(NamedTuple):
     proposal: str
     full_batch: bool
     params: dict[str, Any]
+    preconditioner: Any = None  # the kernel's diagonal Preconditioner, if any (for step-size caps)

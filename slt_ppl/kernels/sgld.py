@@ -58,6 +58,7 @@ def sgld(preconditioner: Preconditioner | None = None) -> Kernel:
         proposal="langevin",
         full_batch=False,
         params={"preconditioner": precond.name},
+        preconditioner=precond,
     )
 
 

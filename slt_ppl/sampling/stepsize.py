@@ -3,8 +3,8 @@
 Furman & Lau (2024, App. D) read the mean MALA acceptance probability of SGLD steps as a step-size check:
 0.90–0.95 is the target; below it discretization error inflates λ̂, above it ε can grow. The tuner:
 
-1. starts from ε₀ = 1/ĥ with ĥ the largest curvature of U_B at w* found by a few power iterations of
-   Hessian-vector products (a Langevin step is stable for ε·ĥ < 4, accurate well below);
+1. starts from ε₀ = 1/ĥ with ĥ the largest curvature of U_B at w* (in the preconditioned metric) found
+   by a few power iterations of Hessian-vector products (a Langevin step is stable for ε·ĥ < 4);
 2. runs short probe segments (all chains, diagnostic every step), *keeping the chains' state* between
    probes so later probes see the posterior's bulk rather than w* alone;
 3. brackets the band by factors of 4, then bisects on log ε, at most ``max_rounds`` probes;
@@ -40,16 +40,23 @@ SG_BAND = (0.90, 0.95)
 MALA_BAND = (0.55, 0.80)
 
 
-def top_curvature(posterior: LocalPosterior, batch: dict[str, jax.Array], iters: int = 20) -> float:
-    """Largest eigenvalue of ∇²U_B(w*) by power iteration on Hessian-vector products."""
+def top_curvature(
+    posterior: LocalPosterior,
+    batch: dict[str, jax.Array],
+    iters: int = 20,
+    metric: jax.Array | None = None,
+) -> float:
+    """Largest eigenvalue of G^½·∇²U_B(w*)·G^½ (G = ``metric``, default 1) by power iteration on
+    Hessian-vector products."""
     w0 = posterior.center
+    root = jnp.ones_like(w0) if metric is None else jnp.sqrt(metric)
 
     def grad_fn(w: jax.Array) -> jax.Array:
         return jax.grad(lambda x: posterior.potential(x, batch)[0])(w)
 
     @jax.jit
     def power(v: jax.Array) -> tuple[jax.Array, jax.Array]:
-        hv = jax.jvp(grad_fn, (w0,), (v,))[1]
+        hv = root * jax.jvp(grad_fn, (w0,), (root * v,))[1]
         norm = jnp.linalg.norm(hv)
         return hv / jnp.where(norm > 0, norm, 1.0), jnp.vdot(v, hv)
 
@@ -63,11 +70,15 @@ def top_curvature(posterior: LocalPosterior, batch: dict[str, jax.Array], iters:
     return value if math.isfinite(value) and value > 0 else 1.0
 
 
-def gradient_noise_trace(
+def gradient_moments(
     posterior: LocalPosterior, batch_size: int, max_points: int = 1024, chunk: int = 64
-) -> float:
-    """tr Σ_B = nβ²/B · tr Cov_i(∇ℓ_i(w*)), the variance of the minibatch gradient of U at w*,
-    from per-datum gradients of at most ``max_points`` points, ``chunk`` at a time."""
+) -> tuple[jax.Array, jax.Array]:
+    """Per-coordinate minibatch-gradient statistics of U at w*, from per-datum gradients of at most
+    ``max_points`` points, ``chunk`` at a time:
+
+    diag Σ_B = nβ²/B · Var_i(∂ℓ_i) (the minibatch noise; zero for full batches) and
+    E[g²] = (nβ·mean ∂ℓ_i)² + diag Σ_B (what an RMSprop preconditioner sees at w*).
+    """
     m = min(posterior.n, max_points)
     m = (m // chunk) * chunk or m
     chunk = min(chunk, m)
@@ -80,15 +91,49 @@ def gradient_noise_trace(
 
     def body(carry, rows):
         g = jax.vmap(per_datum)(rows)
-        return (carry[0] + g.sum(0), carry[1] + jnp.sum(g**2)), None
+        return (carry[0] + g.sum(0), carry[1] + jnp.sum(g**2, axis=0)), None
 
     rows = {k: v.reshape(m // chunk, chunk, *v.shape[1:]) for k, v in data.items()}
-    init = (jnp.zeros_like(w0), jnp.zeros((), w0.dtype))
+    init = (jnp.zeros_like(w0), jnp.zeros_like(w0))
     (total, total_sq), _ = jax.jit(lambda r: jax.lax.scan(body, init, r))(rows)
-    trace_cov = float(total_sq / m - jnp.sum((total / m) ** 2))
-    if batch_size >= posterior.n or not math.isfinite(trace_cov):
-        return 0.0
-    return posterior.nbeta**2 * max(trace_cov, 0.0) / batch_size
+    mean = total / m
+    var = jnp.maximum(total_sq / m - mean**2, 0.0)
+    noise = (
+        jnp.zeros_like(var) if batch_size >= posterior.n else posterior.nbeta**2 * var / batch_size
+    )
+    return noise, (posterior.nbeta * mean) ** 2 + noise
+
+
+def accuracy_caps(
+    runner: SegmentRunner, curvature_fraction: float, noise_fraction: float
+) -> tuple[dict[str, float], float]:
+    """Upper bounds on ε from the curvature and the minibatch noise, in the kernel's preconditioned
+    metric G (G = 1 without a preconditioner; an RMSprop G is evaluated from E[g²] at w*):
+
+    curvature: ε·λ_max(G^½ ∇²U G^½) ≤ ``curvature_fraction``;
+    noise:     (ε/2)²·Σ G_i² Σ_B,ii ≤ κ·ε·Σ G_i, i.e. ε ≤ 4κ·Σ G_i / Σ G_i² Σ_B,ii,
+    with κ = ``noise_fraction``; momentum kernels get an extra factor friction/2 (they inject only
+    √(2·friction) of fresh noise per step, so the same minibatch noise heats them 2/friction times more
+    than SGLD; measured: SGHMC at SGLD's ε gave λ̂ = 9.4 where NUTS gave 3.8).
+    Returns (caps, top curvature in the metric).
+    """
+    post, kernel = runner.posterior, runner.kernel
+    noise, second = gradient_moments(post, runner.batch_size)
+    if kernel.preconditioner is not None:
+        pre = kernel.preconditioner
+        _, g_diag = pre.update(pre.init(post.center), jnp.sqrt(second))
+    else:
+        g_diag = jnp.ones_like(post.center)
+    sub = {k: v[: min(post.n, 2048)] for k, v in post.data.items()}
+    curvature = top_curvature(post, sub, metric=g_diag)
+    caps = {"curvature": curvature_fraction / curvature}
+    total_noise = float(jnp.sum(g_diag**2 * noise))
+    if not kernel.full_batch and total_noise > 0 and math.isfinite(total_noise):
+        cap = 4.0 * noise_fraction * float(jnp.sum(g_diag)) / total_noise
+        if kernel.proposal == "probe":
+            cap *= 0.5 * float(kernel.params["friction"])
+        caps["gradient_noise"] = cap
+    return caps, curvature
 
 
 def tune_step_size(
@@ -107,28 +152,14 @@ def tune_step_size(
     safety: float = 0.5,
 ) -> tuple[float, dict[str, Any]]:
     """Search ε so the acceptance lands in ``band``; returns (ε, record of the search)."""
-    post = runner.posterior
     if band is None:
         band = MALA_BAND if runner.kernel.proposal == "metropolis" else SG_BAND
     lo_band, hi_band = band
     target = 0.5 * (lo_band + hi_band)
-    sub = {k: v[: min(post.n, 2048)] for k, v in post.data.items()}
-    curvature = top_curvature(post, sub)
+    caps, curvature = accuracy_caps(runner, curvature_fraction, noise_fraction)
     eps = 1.0 / curvature
-    if runner.kernel.params.get("preconditioner") == "rmsprop":
-        eps = 1e-3  # pSGLD's G ≈ 1/|∇U| makes ε dimensionless; start from a small constant
-    caps = {}
-    if runner.kernel.params.get("preconditioner") in (None, "identity"):
-        caps["curvature"] = curvature_fraction / curvature
-        if not runner.kernel.full_batch:
-            noise = gradient_noise_trace(post, runner.batch_size)
-            if noise > 0:
-                caps["gradient_noise"] = 4.0 * noise_fraction * post.dim / noise
-                if runner.kernel.proposal == "probe":
-                    # Momentum kernels inject only √(2·friction) of fresh noise per step, so the same
-                    # minibatch noise h²·tr Σ_B heats them 2/friction times more than SGLD: the
-                    # cap shrinks by friction/2 (measured: SGHMC at SGLD's ε gave λ̂ = 9.4 for ≈ 4).
-                    caps["gradient_noise"] *= 0.5 * float(runner.kernel.params["friction"])
+    if runner.kernel.proposal == "metropolis":
+        caps = {}  # MALA is exact at any ε: only its acceptance rate matters
     cap = min(caps.values()) if caps else math.inf
     eps = min(eps, cap)
     run = runner.build(probe_draws)
