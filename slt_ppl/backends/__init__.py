@@ -18,7 +18,7 @@ BACKENDS = ("numpyro", "jax", "pyro")
 def localize(
     model: Callable[..., Any],
     data: Mapping[str, Any],
-    center: Any,
+    center: Any = None,
     *,
     nbeta: float | None = None,
     gamma: float | str | None = "auto",
@@ -36,7 +36,8 @@ def localize(
             (``backend="jax"``, or detected from a two-argument signature).
         data: dict of arrays whose leading axis indexes the n data points; minibatches slice axis 0.
         center: w*: a dict of latent site values (constrained, as the model declares them) or, for a
-            loss function, a pytree of parameters.
+            loss function, a pytree of parameters. For a ``torch.nn.Module`` it defaults to the
+            module's current weights (see :func:`slt_ppl.backends.pyro_backend.from_module`).
         nbeta: nβ; default n/log n.
         gamma: γ; ``"auto"`` (default) picks the unit-information localization
             γ = β·max(1, tr ∇²L_n(w*)/d), see :func:`slt_ppl.backends.common.unit_information_gamma`.

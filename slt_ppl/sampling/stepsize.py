@@ -90,6 +90,11 @@ def gradient_noise_trace(
     return posterior.nbeta**2 * max(trace_cov, 0.0) / batch_size
 
 
+def _host(x: Any) -> np.ndarray:
+    """A NumPy copy of a JAX array or a (possibly CUDA) torch tensor."""
+    return np.asarray(x.detach().cpu()) if hasattr(x, "detach") else np.asarray(x)
+
+
 def tune_step_size(
     runner: SegmentRunner,
     state: ChainState,
@@ -104,15 +109,23 @@ def tune_step_size(
     verify_draws: int = 400,
     max_verify: int = 6,
     safety: float = 0.5,
+    curvature_fn: Any = None,
+    noise_fn: Any = None,
 ) -> tuple[float, dict[str, Any]]:
-    """Search ε so the acceptance lands in ``band``; returns (ε, record of the search)."""
+    """Search ε so the acceptance lands in ``band``; returns (ε, record of the search).
+
+    ``curvature_fn``/``noise_fn`` default to :func:`top_curvature`/:func:`gradient_noise_trace`; the
+    torch backend passes its own (``sampling.torch_stepsize``) with a runner of the same interface.
+    """
+    curvature_fn = curvature_fn or top_curvature
+    noise_fn = noise_fn or gradient_noise_trace
     post = runner.posterior
     if band is None:
         band = MALA_BAND if runner.kernel.proposal == "metropolis" else SG_BAND
     lo_band, hi_band = band
     target = 0.5 * (lo_band + hi_band)
     sub = {k: v[: min(post.n, 2048)] for k, v in post.data.items()}
-    curvature = top_curvature(post, sub)
+    curvature = curvature_fn(post, sub)
     eps = 1.0 / curvature
     if runner.kernel.params.get("preconditioner") == "rmsprop":
         eps = 1e-3  # pSGLD's G ≈ 1/|∇U| makes ε dimensionless; start from a small constant
@@ -120,7 +133,7 @@ def tune_step_size(
     if runner.kernel.params.get("preconditioner") in (None, "identity"):
         caps["curvature"] = curvature_fraction / curvature
         if not runner.kernel.full_batch:
-            noise = gradient_noise_trace(post, runner.batch_size)
+            noise = noise_fn(post, runner.batch_size)
             if noise > 0:
                 caps["gradient_noise"] = 4.0 * noise_fraction * post.dim / noise
     cap = min(caps.values()) if caps else math.inf
@@ -133,7 +146,7 @@ def tune_step_size(
     for round_ in range(max_rounds):
         new_state, rec = run(state, chain_keys, batch_keys, jnp.asarray(eps), round_ * probe_draws)
         acc = np.asarray(rec.acceptance)[:, probe_draws // 2 :]
-        diverged = np.asarray(new_state.diverged_at) >= 0
+        diverged = _host(new_state.diverged_at) >= 0
         mean_acc = 0.0 if diverged.any() else float(np.nanmean(acc)) if np.isfinite(acc).any() else 0.0
         history.append((eps, mean_acc))
         state = initial if diverged.any() else new_state
@@ -164,7 +177,7 @@ def tune_step_size(
         new_state, rec = verify(
             state, chain_keys, batch_keys, jnp.asarray(chosen), (max_rounds + round_) * verify_draws
         )
-        diverged = bool((np.asarray(new_state.diverged_at) >= 0).any())
+        diverged = bool((_host(new_state.diverged_at) >= 0).any())
         acc = np.asarray(rec.acceptance)
         mean_acc = float(np.nanmean(acc)) if np.isfinite(acc).any() else 0.0
         verified.append((chosen, mean_acc, diverged))
