@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -73,8 +74,12 @@ def detect_backend(model: Any, data: Mapping[str, Any]) -> str:
     module = type(model).__module__ if not callable(model) or hasattr(model, "forward") else ""
     if module.startswith("torch") or hasattr(model, "forward"):
         return "pyro"
-    source_module = getattr(inspect.getmodule(model), "__name__", "") or ""
-    globals_ = getattr(model, "__globals__", {})
+    fn = model.func if isinstance(model, functools.partial) else model
+    source_module = getattr(inspect.getmodule(fn), "__name__", "") or ""
+    globals_ = getattr(fn, "__globals__", {})
+    names = set(getattr(getattr(fn, "__code__", None), "co_names", ()))
+    if names & {"pyro", "numpyro"}:  # the body names its PPL: trust that over the module globals
+        globals_ = names
     uses_pyro = "pyro" in globals_ and "numpyro" not in globals_
     if uses_pyro or source_module.startswith("pyro"):
         return "pyro"

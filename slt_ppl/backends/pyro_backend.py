@@ -143,7 +143,9 @@ def make_unravel(shapes: Mapping[str, tuple[int, ...]]) -> Callable[[Tensor], di
 
     def unravel(w: Tensor) -> dict[str, Tensor]:
         parts = torch.split(w, sizes, dim=-1)
-        return {k: p.reshape(*w.shape[:-1], *shapes[k]) for k, p in zip(names, parts, strict=True)}
+        return {
+            k: p.reshape((*w.shape[:-1], *shapes[k])) for k, p in zip(names, parts, strict=True)
+        }
 
     return unravel
 
