@@ -32,7 +32,7 @@ def trained_mlp(n: int = 1000, steps: int = 300) -> tuple[torch.nn.Module, dict[
 def test_module_llc_one_call_is_healthy():
     mlp, data = trained_mlp()
     before = [p.detach().clone() for p in mlp.parameters()]
-    post = slt_ppl.localize(mlp, data, likelihood="gaussian", noise=0.3, gamma=100.0)
+    post = slt_ppl.localize(mlp, data, likelihood="gaussian", noise=0.3)
     assert post.dim == sum(p.numel() for p in mlp.parameters()) == 33
     result = slt_ppl.sample(post, num_chains=4, num_draws=600, progress=False)
     ds = slt_ppl.llc(result, warn=False)
