@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,7 +19,7 @@ BACKENDS = ("numpyro", "jax", "pyro")
 def localize(
     model: Callable[..., Any],
     data: Mapping[str, Any],
-    center: Any,
+    center: Any = None,
     *,
     nbeta: float | None = None,
     gamma: float | str | None = "auto",
@@ -36,7 +37,8 @@ def localize(
             (``backend="jax"``, or detected from a two-argument signature).
         data: dict of arrays whose leading axis indexes the n data points; minibatches slice axis 0.
         center: w*: a dict of latent site values (constrained, as the model declares them) or, for a
-            loss function, a pytree of parameters.
+            loss function, a pytree of parameters. For a ``torch.nn.Module`` it defaults to the
+            module's current weights (see :func:`slt_ppl.backends.pyro_backend.from_module`).
         nbeta: nβ; default n/log n.
         gamma: γ; ``"auto"`` (default) picks the unit-information localization
             γ = β·max(1, tr ∇²L_n(w*)/d), see :func:`slt_ppl.backends.common.unit_information_gamma`.
@@ -72,8 +74,12 @@ def detect_backend(model: Any, data: Mapping[str, Any]) -> str:
     module = type(model).__module__ if not callable(model) or hasattr(model, "forward") else ""
     if module.startswith("torch") or hasattr(model, "forward"):
         return "pyro"
-    source_module = getattr(inspect.getmodule(model), "__name__", "") or ""
-    globals_ = getattr(model, "__globals__", {})
+    fn = model.func if isinstance(model, functools.partial) else model
+    source_module = getattr(inspect.getmodule(fn), "__name__", "") or ""
+    globals_ = getattr(fn, "__globals__", {})
+    names = set(getattr(getattr(fn, "__code__", None), "co_names", ()))
+    if names & {"pyro", "numpyro"}:  # the body names its PPL: trust that over the module globals
+        globals_ = names
     uses_pyro = "pyro" in globals_ and "numpyro" not in globals_
     if uses_pyro or source_module.startswith("pyro"):
         return "pyro"

@@ -72,6 +72,10 @@ def sample(
         ``posterior`` (one variable per site, constrained values); attrs carry n, nβ, γ, ε, kernel,
         seed, backend and versions.
     """
+    if getattr(posterior, "backend", None) == "pyro":  # TorchLocalPosterior: same arguments
+        from slt_ppl.sampling.torch_api import sample_torch
+
+        return sample_torch(**{k: v for k, v in locals().items() if k != "sample_torch"})
     _check_settings(
         posterior, kernel, batch_size, num_chains, num_draws, num_burnin, thin, diag_every
     )

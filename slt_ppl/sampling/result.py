@@ -77,7 +77,10 @@ def constrained_draws(posterior: LocalPosterior, positions: np.ndarray) -> xr.Da
     (chain, draw, <site>_dim_k)."""
     num_chains, num_draws, _ = positions.shape
     flat = positions.reshape(num_chains * num_draws, -1)
-    params = jax.vmap(lambda w: posterior.constrain(posterior.unravel(w)))(flat)
+    if hasattr(posterior, "constrain_flat"):  # torch posteriors constrain with torch, not JAX
+        params = posterior.constrain_flat(flat)
+    else:
+        params = jax.vmap(lambda w: posterior.constrain(posterior.unravel(w)))(flat)
     if not isinstance(params, dict):  # a plain-loss posterior whose center is an array or pytree
         params = {
             (jax.tree_util.keystr(path) or "w"): leaf

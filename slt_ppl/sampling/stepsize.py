@@ -136,6 +136,11 @@ def accuracy_caps(
     return caps, curvature
 
 
+def _host(x: Any) -> np.ndarray:
+    """A NumPy copy of a JAX array or a (possibly CUDA) torch tensor."""
+    return np.asarray(x.detach().cpu()) if hasattr(x, "detach") else np.asarray(x)
+
+
 def tune_step_size(
     runner: SegmentRunner,
     state: ChainState,
@@ -150,13 +155,19 @@ def tune_step_size(
     verify_draws: int = 400,
     max_verify: int = 6,
     safety: float = 0.5,
+    caps_fn: Any = None,
 ) -> tuple[float, dict[str, Any]]:
-    """Search ε so the acceptance lands in ``band``; returns (ε, record of the search)."""
+    """Search ε so the acceptance lands in ``band``; returns (ε, record of the search).
+
+    ``caps_fn`` defaults to :func:`accuracy_caps`; the torch backend passes its own
+    (``sampling.torch_stepsize.accuracy_caps``) with a runner of the same interface.
+    """
+    caps_fn = caps_fn or accuracy_caps
     if band is None:
         band = MALA_BAND if runner.kernel.proposal == "metropolis" else SG_BAND
     lo_band, hi_band = band
     target = 0.5 * (lo_band + hi_band)
-    caps, curvature = accuracy_caps(runner, curvature_fraction, noise_fraction)
+    caps, curvature = caps_fn(runner, curvature_fraction, noise_fraction)
     eps = 1.0 / curvature
     if runner.kernel.proposal == "metropolis":
         caps = {}  # MALA is exact at any ε: only its acceptance rate matters
@@ -169,8 +180,8 @@ def tune_step_size(
     best: tuple[float, float] | None = None
     for round_ in range(max_rounds):
         new_state, rec = run(state, chain_keys, batch_keys, jnp.asarray(eps), round_ * probe_draws)
-        acc = np.asarray(rec.acceptance)[:, probe_draws // 2 :]
-        diverged = np.asarray(new_state.diverged_at) >= 0
+        acc = _host(rec.acceptance)[:, probe_draws // 2 :]
+        diverged = _host(new_state.diverged_at) >= 0
         mean_acc = (
             0.0 if diverged.any() else float(np.nanmean(acc)) if np.isfinite(acc).any() else 0.0
         )
@@ -203,8 +214,8 @@ def tune_step_size(
         new_state, rec = verify(
             state, chain_keys, batch_keys, jnp.asarray(chosen), (max_rounds + round_) * verify_draws
         )
-        diverged = bool((np.asarray(new_state.diverged_at) >= 0).any())
-        acc = np.asarray(rec.acceptance)
+        diverged = bool((_host(new_state.diverged_at) >= 0).any())
+        acc = _host(rec.acceptance)
         mean_acc = float(np.nanmean(acc)) if np.isfinite(acc).any() else 0.0
         verified.append((chosen, mean_acc, diverged))
         if not diverged and mean_acc >= lo_band:
