@@ -11,6 +11,7 @@ With λ the layer's eigenvalues (all of them, numerical zeros included, for the 
 * ``D``, ``sigma``, ``xmin``, ``xmax``, ``num_tail``: the power-law fit
 * ``mp_sigma2``, ``mp_lambda_plus``, ``mp_threshold``, ``num_spikes``, ``mp_softrank``, ``mp_D``:
   the Marchenko–Pastur bulk fit (see :mod:`.marchenko_pastur`)
+* ``zero_threshold``: eigenvalues at or below it are numerical zeros, left out of the fit
 * ``warning``: comma-separated labels: ``"failed fit"``, ``"over-trained"`` (α < 2),
   ``"under-trained"`` (α > 6), ``"random-like"`` (no spike above the Tracy–Widom margin and the
   ESD within KS distance 0.1 of the fitted MP law).
@@ -51,6 +52,7 @@ FLOAT_METRICS = (
     "mp_threshold",
     "mp_softrank",
     "mp_D",
+    "zero_threshold",
 )
 INT_METRICS = ("num_evals", "num_nonzero", "num_tail", "num_spikes")
 
@@ -94,6 +96,7 @@ def layer_metrics(
     lam_max = float(evals[-1])
     total = float(evals.sum())
     threshold = zero_threshold(evals, m, eps, convention)
+    out["zero_threshold"] = threshold
     out["num_nonzero"] = int(np.sum(evals > threshold))
     if lam_max <= 0:
         out["warning"] = "failed fit,all-zero weights"
