@@ -1,4 +1,4 @@
-"""Power-law fit: recovery of known exponents and agreement with a loop-over-candidates reference."""
+"""Power-law fit: known exponents recovered; vectorized fit equals a loop-over-candidates one."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from slt_ppl.estimators.spectral.powerlaw import fit_power_law, fit_truncated_po
 
 
 def _pareto_matrix(alpha: float, m: int, seed: int) -> np.ndarray:
-    """W = U diag(sqrt(s)) V^T with s Pareto(alpha) (density ∝ s^-alpha, xmin = 1).
+    """W = U diag(sqrt(s)) V^T with s Pareto(alpha) (density ∝ s^-alpha, xmin = 1), U, V orthogonal.
 
     The uniforms are stratified (one per interval [i/m, (i+1)/m)), which keeps the sample a Pareto
     sample while cutting the Monte Carlo spread of the MLE far below its i.i.d. (alpha-1)/sqrt(k).
@@ -18,9 +18,16 @@ def _pareto_matrix(alpha: float, m: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     u = (np.arange(m) + rng.random(m)) / m
     s = (1.0 - u) ** (-1.0 / (alpha - 1.0))
-    q1, _ = np.linalg.qr(rng.standard_normal((m, m)))
-    q2, _ = np.linalg.qr(rng.standard_normal((m, m)))
-    return (q1 * np.sqrt(s)) @ q2.T
+    w = np.diag(np.sqrt(s))[rng.permutation(m)]
+    # random orthogonal mixing on both sides by Householder reflections (cheap, exact in s)
+    for _ in range(3):
+        v = rng.standard_normal(m)
+        v /= np.linalg.norm(v)
+        w = w - 2.0 * np.outer(v, v @ w)
+        v = rng.standard_normal(m)
+        v /= np.linalg.norm(v)
+        w = w - 2.0 * np.outer(w @ v, v)
+    return w
 
 
 @pytest.mark.parametrize(("alpha", "seed"), [(2.0, 11), (3.0, 12), (4.0, 13)])
@@ -30,10 +37,6 @@ def test_known_tail_exponent_recovered(alpha: float, seed: int) -> None:
     row = ds.sel(layer="w")
     assert int(row["num_tail"]) >= 1000
     assert abs(float(row["alpha"]) - alpha) < 0.05
-    # the WeightWatcher convention changes scales, not the exponent
-    ww = spectral({"w": w}, convention="weightwatcher").sel(layer="w")
-    assert abs(float(ww["alpha"]) - alpha) < 0.05
-    np.testing.assert_allclose(float(ww["xmin"]), float(row["xmin"]) * w.shape[0], rtol=1e-8)
 
 
 def _reference_fit(x: np.ndarray, two_sided: bool) -> tuple[np.ndarray, np.ndarray]:
