@@ -22,8 +22,9 @@ Two conventions:
   (the ``(k − 2)/k`` correction of the MLE).
 * ``"weightwatcher"`` reproduces WeightWatcher 0.7.7: one-sided empirical CDF ``j/k``
   (j = 0..k−1), candidates with α ≤ 1 get D = 1, and for fewer than 20 points it switches to its
-  small-n fit: ``α = 1 + (k − 1)/Σ``, tails shorter than 8 points ignored, and ``xmin`` chosen by
-  ``J = D − 0.868/√k``.
+  small-n fit: ``α = 1 + (k − 1)/Σ`` and tails shorter than 8 points get D = 1. (Its small-n code
+  ranks candidates by ``J = D − 0.868/√k``, but the caller then re-selects by the smallest D, which
+  is what 0.7.7 reports and what we reproduce.)
 
 ``fit_truncated_power_law`` fits ``p(x) ∝ x^{−α} e^{−λx}`` on the tail above the power-law ``xmin``
 by maximum likelihood with scipy (the normalising integral by quadrature).
@@ -151,18 +152,15 @@ def _fit_ww_small(x: np.ndarray) -> PowerLawFit:
     keep = (k >= WW_SMALL_K_MIN) & np.isfinite(alphas_bc) & (alphas_bc > 1)
     alphas = np.where(np.isfinite(alphas_bc) & (k >= WW_SMALL_K_MIN), alphas_bc, 0.0)
     Ds = np.ones_like(alphas)
-    J = np.full_like(alphas, np.inf)
     if keep.any():
         d = ks_distances(x, np.where(keep, alphas, np.nan), two_sided=False)
         Ds[keep] = d[keep]
-        J[keep] = d[keep] - 0.868 / np.sqrt(k[keep])
-        best = int(np.argmin(J))
     else:
-        best = 0
         if not np.isfinite(alphas_bc[0]):
             return _failed(x, "failed: all eigenvalues tie")
         alphas[0] = alphas_bc[0]
         Ds[0] = ks_distances(x, alphas[:1].copy(), two_sided=False)[0]
+    best = int(np.argmin(Ds))
     alpha = float(alphas[best])
     sigma = (alpha - 1.0) / np.sqrt(k[best])
     return PowerLawFit(
