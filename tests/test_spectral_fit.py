@@ -144,3 +144,12 @@ def test_failed_fit_is_labelled() -> None:
     ds = spectral({"w": w})
     assert np.isnan(float(ds["alpha"].sel(layer="w")))
     assert "failed fit" in str(ds["warning"].sel(layer="w").values)
+
+
+def test_fit_is_scale_invariant() -> None:
+    """alpha and D depend on ratios x/xmin only; xmin scales with the data."""
+    x = np.random.default_rng(9).pareto(2.0, 300) + 1.0
+    a, b = fit_power_law(x), fit_power_law(37.5 * x)
+    assert b.alpha == pytest.approx(a.alpha, rel=1e-10)
+    assert b.D == pytest.approx(a.D, rel=1e-8)
+    assert b.xmin == pytest.approx(37.5 * a.xmin)
