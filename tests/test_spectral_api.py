@@ -194,3 +194,32 @@ def test_nonfinite_layer_skipped_others_kept() -> None:
         ds = spectral({"good": rng.standard_normal((30, 20)), "bad": bad})
     assert list(ds["layer"].values) == ["good"]
     assert "non-finite" in str(ds["skipped_reason"].sel(skipped_layer="bad").values)
+
+
+def test_registered_pytree_module_equinox_style() -> None:
+    """Objects that are JAX pytrees (equinox modules, registered dataclasses) use key paths."""
+    jax = pytest.importorskip("jax")
+    from dataclasses import dataclass
+
+    @jax.tree_util.register_dataclass
+    @dataclass
+    class Linear:
+        weight: jax.Array
+        bias: jax.Array
+
+    @jax.tree_util.register_dataclass
+    @dataclass
+    class MLP:
+        layers: list
+
+    key1, key2 = jax.random.split(jax.random.key(0))
+    model = MLP(
+        [
+            Linear(jax.random.normal(key1, (30, 20)), jax.numpy.zeros(30)),
+            Linear(jax.random.normal(key2, (10, 30)), jax.numpy.zeros(10)),
+        ]
+    )
+    ds = spectral(model)
+    assert list(ds["layer"].values) == ["layers.0.weight", "layers.1.weight"]
+    assert list(ds["skipped_layer"].values) == ["layers.0.bias", "layers.1.bias"]
+    assert list(ds["M"].values) == [20, 10]
