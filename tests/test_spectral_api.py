@@ -223,3 +223,18 @@ def test_registered_pytree_module_equinox_style() -> None:
     assert list(ds["layer"].values) == ["layers.0.weight", "layers.1.weight"]
     assert list(ds["skipped_layer"].values) == ["layers.0.bias", "layers.1.bias"]
     assert list(ds["M"].values) == [20, 10]
+
+
+def test_batches_split_by_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    from slt_ppl.estimators.spectral import esd
+
+    rng = np.random.default_rng(8)
+    weights = {f"w{i}": rng.standard_normal((40, 30)) for i in range(5)}
+    whole = spectral(weights)
+    calls = []
+    real = esd._eigs_numpy
+    monkeypatch.setattr(esd, "_eigs_numpy", lambda w, m: calls.append(w.shape[0]) or real(w, m))
+    monkeypatch.setattr(esd, "MAX_BATCH_ENTRIES", 2 * 40 * 30)  # two layers per call
+    split = spectral(weights)
+    assert calls == [2, 2, 1]
+    np.testing.assert_allclose(split["evals"].values, whole["evals"].values, rtol=1e-12)

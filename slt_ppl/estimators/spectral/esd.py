@@ -10,8 +10,9 @@ correlation matrix ``X``:
   eigenvalues are multiplied by 0.5 (its default ``conv2d_norm=True``).
 
 Layers whose slices have equal (N, M) (and live on the same device with the same dtype) are stacked
-and decomposed with one batched call: ``numpy.linalg.eigvalsh``/``svd``, ``jnp.linalg.eigvalsh``/
-``svdvals`` or ``torch.linalg.eigvalsh``/``svdvals``; torch tensors stay on their device.
+and decomposed with one batched call (split so that one call holds at most 2**25 weights):
+``numpy.linalg.eigvalsh``/``svd``, ``jnp.linalg.eigvalsh``/``svdvals`` or
+``torch.linalg.eigvalsh``/``svdvals``; torch tensors stay on their device.
 ``method="gram"`` takes ``eigvalsh(WᵀW)`` (about twice as fast as an SVD on CPU), ``method="svd"``
 squares ``svdvals(W)`` (accurate far below ``eps·λmax``); ``"auto"`` picks the Gram route in float64
 and the SVD in float32. Computation runs in float64 on CPU and float32 on accelerators
@@ -32,6 +33,7 @@ from slt_ppl.estimators.spectral.layers import Layer
 
 BACKENDS = ("numpy", "jax", "torch")
 METHODS = ("auto", "gram", "svd")
+MAX_BATCH_ENTRIES = 2**25  # entries of W per batched call (256 MiB in float64)
 
 
 def _convert(x: Any, backend: str) -> Any:
@@ -142,9 +144,23 @@ def layer_eigenvalues(
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, mats in enumerate(prepared):
         groups[_group_key(mats)].append(i)
+    # split groups so that one batched call holds at most MAX_BATCH_ENTRIES weights (a single
+    # larger layer still goes in one call)
+    batches: list[tuple[tuple, list[int]]] = []
+    for key, members in groups.items():
+        current: list[int] = []
+        size = 0
+        for i in members:
+            n_entries = int(np.prod(prepared[i].shape))
+            if current and size + n_entries > MAX_BATCH_ENTRIES:
+                batches.append((key, current))
+                current, size = [], 0
+            current.append(i)
+            size += n_entries
+        batches.append((key, current))
 
     out: list[tuple[np.ndarray, float] | None] = [None] * len(layers)
-    for key, members in groups.items():
+    for key, members in batches:
         n, m, kind = key[0], key[1], key[2]
         flat = [prepared[i].reshape(-1, n, m) for i in members]
         if kind == "torch":
