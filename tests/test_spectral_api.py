@@ -238,3 +238,22 @@ def test_batches_split_by_size(monkeypatch: pytest.MonkeyPatch) -> None:
     split = spectral(weights)
     assert calls == [2, 2, 1]
     np.testing.assert_allclose(split["evals"].values, whole["evals"].values, rtol=1e-12)
+
+
+def test_conv1d_slices_and_layout_setting() -> None:
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    conv = torch.nn.Conv1d(12, 20, 5)
+    ds = spectral(conv)
+    row = ds.sel(layer="weight")
+    assert (str(row["layer_type"].values), int(row["num_matrices"])) == ("Conv1d", 5)
+    w = conv.weight.detach().numpy().astype(np.float64)
+    ref = np.sort(
+        np.concatenate([np.linalg.svd(w[:, :, i], compute_uv=False) ** 2 / 20 for i in range(5)])
+    )
+    np.testing.assert_allclose(row["evals"].values, ref, rtol=1e-6)
+    # the same kernel stored channels-last, (k, in, out), read with conv_layout="channels_last"
+    last = spectral({"k": np.transpose(w, (2, 1, 0))}, conv_layout="channels_last")
+    np.testing.assert_allclose(last["evals"].values[0], ref, rtol=1e-6)
+    with pytest.raises(SettingError, match="conv_layout"):
+        spectral({"k": w}, conv_layout="nhwc")
