@@ -257,3 +257,13 @@ def test_conv1d_slices_and_layout_setting() -> None:
     np.testing.assert_allclose(last["evals"].values[0], ref, rtol=1e-6)
     with pytest.raises(SettingError, match="conv_layout"):
         spectral({"k": w}, conv_layout="nhwc")
+
+
+@pytest.mark.parametrize(("n", "m"), [(100, 20), (128, 64)])
+def test_small_gaussian_layers_are_random_like(n: int, m: int) -> None:
+    rng = np.random.default_rng(10)
+    ds = spectral({f"g{i}": rng.standard_normal((n, m)) for i in range(8)})
+    flagged = ["random-like" in w for w in ds["warning"].values]
+    assert sum(flagged) >= 7
+    heavy = spectral({"t": rng.standard_t(1.5, (n, m))})
+    assert "random-like" not in str(heavy["warning"].values[0])
