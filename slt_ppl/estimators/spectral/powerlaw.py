@@ -10,8 +10,8 @@ and the Kolmogorov–Smirnov distance between the tail's empirical CDF and the f
 ``D_i`` (CSN 2009, Sec. 3.3); ``sigma = (α − 1)/√k`` (CSN 2009, eq. 3.2).
 
 All candidates are evaluated at once: suffix sums of ``ln x`` give every α_i, and the KS distances
-come from a (candidates × points) matrix, processed in blocks of at most ``2**22`` entries so that
-memory stays bounded for very large pooled ESDs.
+come from a (candidates × points) matrix built on a strided view of ``ln x``, processed in blocks
+of at most ``2**22`` entries so that memory stays bounded for very large pooled ESDs.
 
 Two conventions:
 
@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 SMALL_K = 20
 WW_SMALL_K_MIN = 8
@@ -83,28 +84,29 @@ def candidate_alphas(x: np.ndarray, correction: int = 0) -> tuple[np.ndarray, np
 
 
 def ks_distances(x: np.ndarray, alphas: np.ndarray, *, two_sided: bool) -> np.ndarray:
-    """KS distance of every candidate's tail against ``1 − (x/xmin)^{1−α}``, all at once."""
+    """KS distance of every candidate's tail against ``1 − (x/xmin)^{1−α}``, all at once.
+
+    Row i of a strided (no-copy) window holds ``ln x_{i+t}``, t = 0..n−1, padded with +∞ beyond the
+    data; there the fitted CDF is 1 and the empirical CDF (clipped at 1) is 1, so padding adds 0.
+    """
     n = x.size
     m = alphas.size
     logx = np.log(x)
-    out = np.full(m, np.inf)
+    window = sliding_window_view(np.concatenate([logx, np.full(n, np.inf)]), n)
+    t = np.arange(n, dtype=np.float64)
+    out = np.empty(m)
     start = 0
     while start < m:
         width = n - start
         stop = min(m, start + max(1, _BLOCK // width))
-        rows = np.arange(start, stop)
-        cols = np.arange(start, n)
-        offset = cols[None, :] - rows[:, None]  # j - i
-        inside = offset >= 0
-        k = (n - rows)[:, None].astype(np.float64)
-        a = alphas[rows][:, None]
-        lr = np.maximum(logx[None, start:] - logx[rows][:, None], 0.0)
+        k = (n - np.arange(start, stop, dtype=np.float64))[:, None]
         with np.errstate(invalid="ignore", over="ignore"):
-            cdf = -np.expm1((1.0 - a) * lr)
-            dev = np.abs(cdf - offset / k)
+            lr = window[start:stop, :width] - logx[start:stop, None]
+            lr *= (1.0 - alphas[start:stop])[:, None]
+            cdf = -np.expm1(lr, out=lr)
+            dev = np.abs(cdf - np.minimum(t[:width] / k, 1.0))
             if two_sided:
-                dev = np.maximum(dev, np.abs(cdf - (offset + 1) / k))
-        dev = np.where(inside, dev, 0.0)
+                dev = np.maximum(dev, np.abs(cdf - np.minimum((t[:width] + 1.0) / k, 1.0)))
         out[start:stop] = dev.max(axis=1)
         start = stop
     out[~np.isfinite(alphas)] = np.inf
