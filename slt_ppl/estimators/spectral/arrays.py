@@ -65,8 +65,3 @@ def moveaxis(x: Any, source: list[int], dest: list[int]) -> Any:
 
         return jnp.moveaxis(x, source, dest)
     return np.moveaxis(x, source, dest)
-
-
-def reshape(x: Any, shape: tuple[int, ...]) -> Any:
-    """``reshape`` in the array's own library."""
-    return x.reshape(shape)
