@@ -48,5 +48,9 @@ class SuspiciousCenterWarning(SLTWarning):
     """The center does not look like a local minimum (large gradient, falling loss, negative LLC)."""
 
 
+class DataWarning(SLTWarning):
+    """The data are usable but look unintended (integer values fed to a continuous likelihood)."""
+
+
 class HealthWarning(SLTWarning):
     """A diagnostic check failed (R-hat, ESS, MALA acceptance, trend); the estimate is unreliable."""

@@ -46,14 +46,21 @@ def localize(
         A :class:`LocalPosterior` over the flat vector of unconstrained parameters.
     """
     kind = backend or detect_backend(model, data)
-    if kind == "numpyro":
-        from slt_ppl.backends.numpyro_backend import localize_numpyro
+    if kind in ("numpyro", "jax"):
+        from slt_ppl.preflight import check_center
 
-        return localize_numpyro(model, data, center, nbeta=nbeta, gamma=gamma, **kwargs)
-    if kind == "jax":
-        from slt_ppl.backends.jax_loss import localize_loss
-
-        return localize_loss(model, data, center, nbeta=nbeta, gamma=gamma, **kwargs)
+        if kind == "numpyro":
+            from slt_ppl.backends.numpyro_backend import localize_numpyro as build
+        else:
+            from slt_ppl.backends.jax_loss import localize_loss as build
+        if kwargs:
+            raise SettingError(
+                f"unknown keyword argument(s) {sorted(kwargs)} for the {kind} backend; localize takes "
+                "nbeta, gamma and backend"
+            )
+        posterior = build(model, data, center, nbeta=nbeta, gamma=gamma)
+        check_center(posterior)
+        return posterior
     if kind == "pyro":
         try:
             from slt_ppl.backends.pyro_backend import localize_pyro

@@ -25,8 +25,9 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from slt_ppl.backends.common import resolve_nbeta, unit_information_gamma, validate_data
-from slt_ppl.errors import CenterError, ModelError
+from slt_ppl.errors import CenterError, ModelError, SLTError
 from slt_ppl.posterior import LocalPosterior
+from slt_ppl.preflight import check_observed_sites
 
 
 def trace_model(model: Callable[..., Any], data: Mapping[str, Any]) -> dict[str, dict]:
@@ -39,6 +40,14 @@ def trace_model(model: Callable[..., Any], data: Mapping[str, Any]) -> dict[str,
         raise ModelError(
             f"calling the model as model(**data) with data keys {sorted(data)} failed: {err}. "
             "The data dict's keys must be the model's keyword arguments."
+        ) from err
+    except SLTError:
+        raise
+    except Exception as err:  # the user's model failed on the user's data: say which call
+        shapes = {k: tuple(np.shape(v)) for k, v in data.items()}
+        raise ModelError(
+            f"the model raised {type(err).__name__} when called as model(**data) with data shapes "
+            f"{shapes}: {err}"
         ) from err
 
 
@@ -152,6 +161,8 @@ def localize_numpyro(
     probe = {k: v[: min(n, 8)] for k, v in jdata.items()}
     tr = trace_model(model, probe)
     latent, observed = split_sites(tr)
+    full_trace = trace_model(model, jdata) if n > len(next(iter(probe.values()))) else tr
+    check_observed_sites({k: full_trace[k] for k in observed if k in full_trace})
     params_u, transforms = unconstrain_center(center, latent)
     flat_center, unravel = ravel_pytree(params_u)
     loss_fn, constrain = make_loss_fn(model, list(observed), unravel, transforms)
@@ -188,7 +199,16 @@ def finish_posterior(
     from slt_ppl.errors import SettingError
 
     nbeta_value = resolve_nbeta(nbeta, n)
-    center_loss = float(jax.jit(loss_fn)(center, data))
+    try:
+        center_loss = float(jax.jit(loss_fn)(center, data))
+    except SLTError:
+        raise
+    except Exception as err:  # user code under jit: non-traceable control flow, shape errors
+        raise ModelError(
+            f"evaluating the loss at the center under jax.jit failed with {type(err).__name__}: "
+            f"{err}. The model/loss must be traceable by JAX (no Python branching on parameter or "
+            "data values) and accept the full data"
+        ) from err
     if not np.isfinite(center_loss):
         raise ModelError(
             f"the loss at the center, L_n(w*) = {center_loss}, is not finite: the likelihood is "
