@@ -138,7 +138,7 @@ def sample(
     settings = {
         "sample_kwargs": {
             "kernel": kern.name if isinstance(kernel, Kernel) else kernel,
-            "step_size": step_size if isinstance(step_size, str | None) else repr(step_size),
+            "step_size": _setting_repr(step_size),
             "batch_size": batch_size, "num_chains": num_chains, "num_draws": num_draws,
             "num_burnin": num_burnin, "thin": thin, "seed": seed, "diag_every": diag_every,
             "keep_draws": keep_draws, "shared_batches": shared_batches,
@@ -273,6 +273,16 @@ def _run_segments(
                 on_segment(state, start, segments_done, concat)
     wall = time.perf_counter() - t0
     return concat(), state, wall
+
+
+def _setting_repr(step_size: Any) -> str | None:
+    """The step-size setting as stored in checkpoints: "auto"/None as is, numbers as repr(float)."""
+    if step_size is None or isinstance(step_size, str):
+        return step_size
+    try:
+        return repr(float(step_size))
+    except (TypeError, ValueError):
+        return repr(step_size)
 
 
 def _library_version() -> str:

@@ -190,19 +190,26 @@ def load_for_resume(path: Path, settings: dict[str, Any]) -> Checkpoint | None:
     if not path.exists():
         return None
     ckpt = read_checkpoint(path)
-    mine = normalize_settings(settings)
-    differ = sorted(
-        k for k in set(mine) | set(ckpt.settings) if mine.get(k, None) != ckpt.settings.get(k, None)
-    )
+    mine, theirs = _flat(normalize_settings(settings)), _flat(ckpt.settings)
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if differ:
-        detail = ", ".join(
-            f"{k}: checkpoint {ckpt.settings.get(k)!r} vs now {mine.get(k)!r}" for k in differ
-        )
+        detail = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in differ)
         raise SettingError(
             f"checkpoint {str(path)!r} was written by a run with different settings ({detail}); "
             "resume with the same model, data and settings, or delete the checkpoint to start over"
         )
     return ckpt
+
+
+def _flat(settings: dict[str, Any]) -> dict[str, Any]:
+    """One level of nesting flattened, so a mismatch names the setting itself."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and key in ("sample_kwargs", "posterior"):
+            out.update(value)
+        else:
+            out[key] = value
+    return out
 
 
 def resume_settings(path: str | os.PathLike[str]) -> dict[str, Any]:
