@@ -107,7 +107,10 @@ def resolve_nbeta(nbeta: float | None, n: int) -> float:
     """nβ = n/log n unless given (Watanabe 2013)."""
     if nbeta is None:
         return n / math.log(n)
-    nbeta = float(nbeta)
+    try:
+        nbeta = float(nbeta)
+    except (TypeError, ValueError) as err:
+        raise SettingError(f"nbeta must be a positive finite number, got {nbeta!r}") from err
     if not (math.isfinite(nbeta) and nbeta > 0):
         raise SettingError(f"nbeta must be a positive finite number, got {nbeta!r}")
     return nbeta
