@@ -1,19 +1,22 @@
 """Checks of suspicious inputs, run before any sampling starts.
 
-``localize`` and ``sample`` call these; each either passes silently, warns with guidance, or raises one
-of the documented errors (``slt_ppl.errors``). ``docs/troubleshooting.md`` lists them with their fixes.
+``localize`` and ``sample`` call these; each either passes silently, warns with guidance, or raises
+one of the documented errors (``slt_ppl.errors``). ``docs/troubleshooting.md`` lists them with
+their fixes.
 
-- :func:`check_center`: is w* a local minimum of L_n? At a minimum ∇L_n(w*) = 0; at the true parameter
-  (a fine center too) ‖∇L_n(w*)‖² ≈ tr Cov_i(∇ℓ_i(w*))/n, the sampling noise of a mean of n per-datum
-  gradients. The ratio z = ‖∇L_n(w*)‖ / √(tr Cov_i(∇ℓ_i)/n) is therefore O(1) at any sensible center;
-  z > ``max_z`` (default 5) raises :class:`~slt_ppl.errors.SuspiciousCenterWarning`: the chains will
-  slide downhill and λ̂ comes out too small or negative.
+- :func:`check_center`: is w* a local minimum of L_n? At a minimum ∇L_n(w*) = 0; at the true
+  parameter (a fine center too) ‖∇L_n(w*)‖² ≈ tr Cov_i(∇ℓ_i(w*))/n, the sampling noise of a mean of
+  n per-datum gradients. The ratio z = ‖∇L_n(w*)‖ / √(tr Cov_i(∇ℓ_i)/n) is therefore O(1) at any
+  sensible center; z > ``max_z`` (default 5) raises
+  :class:`~slt_ppl.errors.SuspiciousCenterWarning`: the chains will slide downhill and λ̂ comes out
+  too small or negative.
 - :func:`check_observed_sites` (NumPyro): observed values outside their distribution's support
   (a Bernoulli fed 2, a Poisson fed 0.5: the log-density is finite garbage there) raise
   :class:`~slt_ppl.errors.DataError`; integer values fed to a continuous likelihood warn
   (:class:`~slt_ppl.errors.DataWarning`): usually a label/count array passed by mistake.
 - :func:`check_step_size`: a user step size with ε·h_max ≥ 2 (h_max the top curvature of U_B at w*)
-  warns (:class:`~slt_ppl.errors.HealthWarning`) before sampling; the Langevin step is unstable at ε·h_max ≥ 4 and inaccurate well before.
+  warns (:class:`~slt_ppl.errors.HealthWarning`) before sampling; the Langevin step is unstable at
+  ε·h_max ≥ 4 and inaccurate well before.
 """
 
 from __future__ import annotations
@@ -79,10 +82,10 @@ def check_center(posterior: LocalPosterior, *, max_z: float = 5.0, warn: bool = 
         )
     elif warn and z > max_z:
         warnings.warn(
-            f"the center does not look like a local minimum: ‖∇L_n(w*)‖ = {grad_norm:.3g} is {z:.1f} "
-            f"times its sampling noise √(tr Cov(∇ℓ_i)/n) = {noise:.3g}. Chains will slide downhill and "
-            "λ̂ will be too small or negative: train to convergence (or use a MAP estimate) before "
-            "estimating, or strengthen gamma to pin the chains near w*",
+            f"the center does not look like a local minimum: ‖∇L_n(w*)‖ = {grad_norm:.3g} is "
+            f"{z:.1f} times its sampling noise √(tr Cov(∇ℓ_i)/n) = {noise:.3g}. Chains will slide "
+            "downhill and λ̂ will be too small or negative: train to convergence (or use a MAP "
+            "estimate) before estimating, or strengthen gamma to pin the chains near w*",
             SuspiciousCenterWarning,
             stacklevel=3,
         )
@@ -104,15 +107,16 @@ def check_observed_sites(observed: Mapping[str, Mapping[str, Any]]) -> None:
         if inside.size and not bool(np.all(inside)):
             bad = int(inside.size - np.count_nonzero(inside))
             raise DataError(
-                f"observed site {name!r} ({type(fn).__name__}) has {bad} value(s) outside its support "
-                f"{support}; check the data passed as obs= (e.g. labels coded 1..K instead of 0..K-1, "
-                "non-integer counts)"
+                f"observed site {name!r} ({type(fn).__name__}) has {bad} value(s) outside its "
+                f"support {support}; check the data passed as obs= (e.g. labels coded 1..K "
+                "instead of 0..K-1, non-integer counts)"
             )
         if not discrete and np.asarray(value).dtype.kind in "biu":
             warnings.warn(
                 f"observed site {name!r} has a continuous distribution ({type(fn).__name__}) but "
-                f"integer data ({np.asarray(value).dtype}); the values are used as floats. If they are "
-                "labels or counts, use a discrete likelihood (Categorical, Bernoulli, Poisson)",
+                f"integer data ({np.asarray(value).dtype}); the values are used as floats. If "
+                "they are labels or counts, use a discrete likelihood (Categorical, Bernoulli, "
+                "Poisson)",
                 DataWarning,
                 stacklevel=4,
             )
@@ -125,7 +129,8 @@ def check_step_size(
     *,
     limit: float = 2.0,
 ) -> float:
-    """Warn when ε·h_max ≥ ``limit`` (Langevin instability, see the module docstring); returns ε·h_max.
+    """Warn when ε·h_max ≥ ``limit`` (Langevin instability, see the module docstring); returns
+    ε·h_max.
 
     NaN (and no warning) for backends JAX cannot differentiate.
     """
@@ -134,14 +139,20 @@ def check_step_size(
     from slt_ppl.sampling.stepsize import top_curvature
 
     if batch is None:
-        batch = {k: v[: min(posterior.n, 2048)] for k, v in posterior.data.items()}
-    curvature = top_curvature(posterior, dict(batch))
+        cached = posterior.info.get("top_curvature_center")
+        if cached is None:
+            sub = {k: v[: min(posterior.n, 2048)] for k, v in posterior.data.items()}
+            cached = posterior.info["top_curvature_center"] = top_curvature(posterior, sub)
+        curvature = float(cached)
+    else:
+        curvature = top_curvature(posterior, dict(batch))
     product = step_size * curvature
     if product >= limit:
         warnings.warn(
-            f"step size ε = {step_size:.3g} times the top curvature of U = nβ·L + γ/2‖w − w*‖² at w* "
-            f"(h ≈ {curvature:.3g}) is {product:.2g} ≥ {limit:g}: the Langevin step is unstable "
-            f"(ε·h ≥ 4) or badly biased. Use step_size='auto' or ε well below {1 / curvature:.3g}",
+            f"step size ε = {step_size:.3g} times the top curvature of U = nβ·L + γ/2‖w − w*‖² "
+            f"at w* (h ≈ {curvature:.3g}) is {product:.2g} ≥ {limit:g}: the Langevin step is "
+            f"unstable (ε·h ≥ 4) or badly biased. Use step_size='auto' or ε well below "
+            f"{1 / curvature:.3g}",
             HealthWarning,
             stacklevel=3,
         )

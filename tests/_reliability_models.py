@@ -31,8 +31,8 @@ def regression_problem(n: int = 200, d: int = 2, seed: int = 0):
 
 
 def trap_model(y):
-    """y ~ N(w², 1): two wells at w = ±1. The likelihood is NaN for w > 0.5, a trap that only a chain
-    started in the right-hand well falls into, some steps into the run."""
+    """y ~ N(w², 1): two wells at w = ±1. The likelihood is NaN for w > 0.5, a trap that only a
+    chain started in the right-hand well falls into, some steps into the run."""
     w = numpyro.sample("w", dist.Normal(0.0, 2.0))
     scale = jnp.where(w > 0.5, jnp.nan, 1.0)
     with numpyro.plate("data", y.shape[0]):

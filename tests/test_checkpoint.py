@@ -1,4 +1,5 @@
-"""Checkpoint and resume: a run killed with SIGKILL resumes to the uninterrupted result, bit for bit."""
+"""Checkpoint and resume: a run killed with SIGKILL resumes to the uninterrupted result, bit for
+bit."""
 
 from __future__ import annotations
 
@@ -55,9 +56,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, posterior):
     ckpt = tmp_path / "run.nc"
     script = tmp_path / "run_sampler.py"
     script.write_text(
-        textwrap.dedent(SCRIPT).format(
-            tests=str(ROOT / "tests"), root=str(ROOT), settings=SETTINGS
-        )
+        textwrap.dedent(SCRIPT).format(tests=str(ROOT / "tests"), root=str(ROOT), settings=SETTINGS)
     )
     proc = subprocess.Popen(
         [sys.executable, str(script), str(ckpt)],

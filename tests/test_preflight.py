@@ -88,7 +88,7 @@ def test_observed_values_outside_the_support():
 class _CudaTensor:
     """Quacks like a torch tensor on a GPU."""
 
-    class device:  # noqa: N801 - mimics torch.device
+    class device:  # mimics torch.device
         type = "cuda"
 
         def __str__(self) -> str:
@@ -113,7 +113,7 @@ def test_values_beyond_32_bits_are_refused():
         validate_data({"x": np.array([0, 2**40], dtype=np.int64)})
     with pytest.raises(DataError, match="beyond float32"):
         validate_data({"x": np.array([0.0, 1e300])})
-    arrays, n = validate_data({"x": np.array([0, 2**20], dtype=np.int64)})
+    _, n = validate_data({"x": np.array([0, 2**20], dtype=np.int64)})
     assert n == 2
 
 

@@ -80,7 +80,9 @@ def test_every_chain_diverged_raises(trap_posterior):
     stats["diverged_at"] = ("chain", np.array([3, 7]))
     fake = xr.DataTree.from_dict({"sample_stats": stats})
     fake.attrs.update(res.attrs)
-    with pytest.raises(DivergenceError, match="chain 0 diverged at step 3; chain 1 diverged at step 7"):
+    with pytest.raises(
+        DivergenceError, match="chain 0 diverged at step 3; chain 1 diverged at step 7"
+    ):
         slt_ppl.llc(fake)
 
 

@@ -63,13 +63,15 @@ def validate_data(
 
 
 def _check_device(value: Any, name: str) -> None:
-    """A torch tensor on an accelerator cannot feed the JAX backends: say so instead of copying it."""
+    """A torch tensor on an accelerator cannot feed the JAX backends: say so instead of copying
+    it."""
     device = getattr(value, "device", None)
     kind = getattr(device, "type", None)
     if hasattr(value, "detach") and isinstance(kind, str) and kind != "cpu":
         raise DataError(
             f"data[{name!r}] is a torch tensor on device {device}; the NumPyro/JAX backends take "
-            f"host arrays: pass data[{name!r}].cpu().numpy(), or use backend='pyro' for torch models"
+            f"host arrays: pass data[{name!r}].cpu().numpy(), or use backend='pyro' for torch "
+            "models"
         )
 
 
@@ -82,8 +84,8 @@ def _check_fits_32_bits(arr: np.ndarray, name: str) -> None:
         if lo < info.min or hi > info.max:
             raise DataError(
                 f"data[{name!r}] ({arr.dtype}) holds values in [{lo}, {hi}] outside int32, JAX's "
-                "default integer type; they would wrap around. Rescale them, store them as floats, or "
-                "enable 64-bit JAX (jax.config.update('jax_enable_x64', True))"
+                "default integer type; they would wrap around. Rescale them, store them as floats, "
+                "or enable 64-bit JAX (jax.config.update('jax_enable_x64', True))"
             )
     if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
         big = float(np.max(np.abs(arr)))
@@ -129,11 +131,12 @@ def unit_information_gamma(
 ) -> tuple[float, float]:
     """Default localization: γ = β·max(1, h̄), h̄ = tr ∇²L_n(w*) / d (Hutchinson estimate).
 
-    The Gaussian localization then weighs as much as one tempered observation of average curvature (a
-    unit-information choice, cf. Kass & Wasserman 1995). In a regular direction of curvature h it biases
-    λ̂ by about h̄/(2n·h), i.e. O(1/n); in flat (singular) directions it is weak enough not to erase them,
-    the failure reference section 6 measured for a fixed γ = 100 (λ = 1/4 estimated as 0.001). The floor
-    of 1 keeps γ positive where the Hessian vanishes (normal-crossing models at w* = 0).
+    The Gaussian localization then weighs as much as one tempered observation of average curvature
+    (a unit-information choice, cf. Kass & Wasserman 1995). In a regular direction of curvature h
+    it biases λ̂ by about h̄/(2n·h), i.e. O(1/n); in flat (singular) directions it is weak enough
+    not to erase them, the failure reference section 6 measured for a fixed γ = 100 (λ = 1/4
+    estimated as 0.001). The floor of 1 keeps γ positive where the Hessian vanishes
+    (normal-crossing models at w* = 0).
 
     Returns (γ, h̄). The trace uses at most ``max_points`` data points.
     """

@@ -1,4 +1,5 @@
-"""Plain-JAX adapter: ``loss(params, batch) -> mean per-datum NLL`` for users without a NumPyro model."""
+"""Plain-JAX adapter: ``loss(params, batch) -> mean per-datum NLL``, for users without a NumPyro
+model."""
 
 from __future__ import annotations
 
@@ -30,12 +31,15 @@ def localize_loss(
     jdata = {k: jnp.asarray(v) for k, v in arrays.items()}
     leaves = jax.tree_util.tree_leaves(center)
     if not leaves:
-        raise CenterError("center is empty: pass the parameters w* as an array or a pytree of arrays")
+        raise CenterError(
+            "center is empty: pass the parameters w* as an array or a pytree of arrays"
+        )
     for path, leaf in jax.tree_util.tree_leaves_with_path(center):
         arr = np.asarray(leaf)
         if arr.dtype.kind != "f":
             raise CenterError(
-                f"center leaf {jax.tree_util.keystr(path)} has dtype {arr.dtype}; parameters must be floats"
+                f"center leaf {jax.tree_util.keystr(path)} has dtype {arr.dtype}; parameters "
+                "must be floats"
             )
         if not np.all(np.isfinite(arr)):
             raise CenterError(f"center leaf {jax.tree_util.keystr(path)} holds non-finite values")
@@ -48,7 +52,9 @@ def localize_loss(
     try:
         value = loss(center, {k: v[:2] for k, v in jdata.items()})
     except Exception as err:
-        raise ModelError(f"calling loss(center, batch) failed: {type(err).__name__}: {err}") from err
+        raise ModelError(
+            f"calling loss(center, batch) failed: {type(err).__name__}: {err}"
+        ) from err
     if np.shape(value) not in ((), (1,)):
         raise ModelError(
             f"loss(params, batch) must return a scalar mean NLL, got shape {np.shape(value)}"

@@ -1,17 +1,20 @@
-"""NumPyro adapter: an unmodified NumPyro model becomes a :class:`~slt_ppl.posterior.LocalPosterior`.
+"""NumPyro adapter: an unmodified NumPyro model becomes a
+:class:`~slt_ppl.posterior.LocalPosterior`.
 
-The model is called as ``model(**batch)`` with ``batch`` a slice (along axis 0) of the user's data dict.
-Effect handlers do the work, so the user never rewrites the model:
+The model is called as ``model(**batch)`` with ``batch`` a slice (along axis 0) of the user's data
+dict. Effect handlers do the work, so the user never rewrites the model:
 
 - ``trace(seed(model))`` once, to find the latent and observed sites and their supports;
 - ``substitute(model, data=constrained_params)`` to evaluate the model at a given w;
-- the observed sites' log-probabilities (times any ``scale`` the model sets) summed and divided by the
-  batch length give −L_B(w), the mean per-datum log-likelihood. The model's priors are *not* part of U:
-  the Gaussian localization plays the prior's role in the local posterior (Lau et al. 2023).
+- the observed sites' log-probabilities (times any ``scale`` the model sets) summed and divided by
+  the batch length give −L_B(w), the mean per-datum log-likelihood. The model's priors are *not*
+  part of U: the Gaussian localization plays the prior's role in the local posterior (Lau et al.
+  2023).
 
 Latent sites are sampled in unconstrained space: a site with support S is mapped by
 ``numpyro.distributions.biject_to(S)``; w is the concatenation of the unconstrained values, and the
-localization ‖w − w*‖² is measured there. The LLC is invariant under such a smooth change of coordinates.
+localization ‖w − w*‖² is measured there. The LLC is invariant under such a smooth change of
+coordinates.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ def trace_model(model: Callable[..., Any], data: Mapping[str, Any]) -> dict[str,
 
 
 def split_sites(tr: Mapping[str, dict]) -> tuple[dict[str, dict], dict[str, dict]]:
-    """Latent and observed sample sites of a trace; discrete latent sites raise :class:`ModelError`."""
+    """Latent and observed sample sites of a trace; discrete latent sites raise
+    :class:`ModelError`."""
     latent: dict[str, dict] = {}
     observed: dict[str, dict] = {}
     for name, site in tr.items():
@@ -64,8 +68,9 @@ def split_sites(tr: Mapping[str, dict]) -> tuple[dict[str, dict], dict[str, dict
         fn = site["fn"]
         if getattr(fn, "is_discrete", False) or getattr(fn.support, "is_discrete", False):
             raise ModelError(
-                f"latent site {name!r} is discrete ({type(fn).__name__}); the local posterior needs "
-                "continuous parameters. Marginalize it (e.g. numpyro's enumeration / funsor) or observe it."
+                f"latent site {name!r} is discrete ({type(fn).__name__}); the local posterior "
+                "needs continuous parameters. Marginalize it (e.g. numpyro's enumeration / "
+                "funsor) or observe it."
             )
         latent[name] = site
     if not observed:
@@ -105,14 +110,16 @@ def unconstrain_center(
         expected = tuple(np.shape(site["value"]))
         if tuple(value.shape) != expected:
             raise CenterError(
-                f"center[{name!r}] has shape {tuple(value.shape)}, the model's site has shape {expected}"
+                f"center[{name!r}] has shape {tuple(value.shape)}, the model's site has shape "
+                f"{expected}"
             )
         if not bool(jnp.all(jnp.isfinite(value))):
             raise CenterError(f"center[{name!r}] holds non-finite values")
         u = transforms[name].inv(value)
         if not bool(jnp.all(jnp.isfinite(u))):
             raise CenterError(
-                f"center[{name!r}] lies outside the support {site['fn'].support} of its distribution"
+                f"center[{name!r}] lies outside the support {site['fn'].support} of its "
+                "distribution"
             )
         unconstrained[name] = u
     return unconstrained, transforms

@@ -1,4 +1,5 @@
-"""Shared plumbing of the sampling-based estimators: pick healthy chains, build the loss difference."""
+"""Shared plumbing of the sampling-based estimators: pick healthy chains, build the loss
+difference."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def stats_of(result: xr.DataTree | xr.Dataset) -> tuple[xr.Dataset, dict]:
         stats, attrs = result["sample_stats"].to_dataset(), dict(result.attrs)
         _require(stats, attrs)
         return stats, attrs
-    raise ResultError(f"expected the DataTree returned by slt_ppl.sample, got {type(result).__name__}")
+    raise ResultError(
+        f"expected the DataTree returned by slt_ppl.sample, got {type(result).__name__}"
+    )
 
 
 REQUIRED_STATS = ("loss", "loss_center", "diverged_at")

@@ -59,8 +59,10 @@ def sample(
         kernel: "sgld" (default), "rmsprop_sgld", "sghmc", "sgnht" (stochastic gradient), "mala"
             (full batch, Metropolis-corrected), "hmc"/"nuts" (NumPyro's kernels, full batch), or a
             :class:`~slt_ppl.kernels.Kernel`.
-        step_size: ε in the Langevin convention w ← w − (ε/2)∇U + √ε ξ; "auto"/None (default) tunes it
-            so the MALA-acceptance diagnostic lands in 0.90–0.95 (see ``sampling.stepsize``).
+        step_size: ε in the Langevin convention w ← w − (ε/2)∇U + √ε ξ; "auto"/None (default)
+            tunes it so the MALA-acceptance diagnostic lands in 0.90–0.95 (see
+            ``sampling.stepsize``). An auto-tuned ε depends on all chains, so chain i's draws are
+            independent of ``num_chains`` only for a given numeric ε.
         batch_size: minibatch size for SG kernels, default min(n, 256); indices are drawn with
             replacement on the device.
         num_chains, num_draws: chains and recorded draws per chain.
@@ -68,9 +70,11 @@ def sample(
             ``warmup_sample_stats`` group); default = num_draws·thin, i.e. half the run.
         thin: steps per recorded draw.
         seed: chain i uses keys derived from (seed, i) only.
-        diag_every: compute the MALA-acceptance diagnostic every this many draws (Furman & Lau use ~20).
+        diag_every: compute the MALA-acceptance diagnostic every this many draws (Furman & Lau
+            use ~20).
         keep_draws: also keep parameter draws (group ``posterior``; memory C·D·d).
-        shared_batches: all chains see the same minibatch at a step (one gather) or independent ones.
+        shared_batches: all chains see the same minibatch at a step (one gather) or independent
+            ones.
         init_jitter: chains start at w* + init_jitter·N(0, I) (default exactly at w*).
         explode: a chain whose L_B − L_B(w*) exceeds explode·(1 + |L_B(w*)|) counts as diverged.
         progress: show a progress bar (segment by segment; nothing syncs inside a segment).
@@ -351,7 +355,8 @@ def _check_settings(
 ) -> None:
     if not isinstance(posterior, LocalPosterior):
         raise SettingError(
-            f"sample() needs a LocalPosterior from slt_ppl.localize(...), got {type(posterior).__name__}"
+            "sample() needs a LocalPosterior from slt_ppl.localize(...), got "
+            f"{type(posterior).__name__}"
         )
     if isinstance(kernel, str) and kernel not in KERNEL_NAMES:
         raise SettingError(f"unknown kernel {kernel!r}; choose one of {KERNEL_NAMES}")

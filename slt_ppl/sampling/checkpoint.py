@@ -1,19 +1,20 @@
-"""Checkpoints of a sampling run, so a killed run resumes where it stopped with bit-identical results.
+"""Checkpoints of a sampling run, so a killed run resumes where it stopped with bit-identical
+results.
 
-Format: one NetCDF-4 file (h5netcdf engine, the same stack that writes results), chosen over npz+JSON
-because it is self-describing, opens with xarray/ArviZ tooling for inspection, and keeps numbers and
-metadata in a single file, so one ``os.replace`` makes the update atomic. Contents:
+Format: one NetCDF-4 file (h5netcdf engine, the same stack that writes results), chosen over
+npz+JSON because it is self-describing, opens with xarray/ArviZ tooling for inspection, and keeps
+numbers and metadata in a single file, so one ``os.replace`` makes the update atomic. Contents:
 
 - ``state_<i>``: the leaves of the chains' sampler state (``ChainState``: kernel states, divergence
-  steps) in ``jax.tree_util.tree_leaves`` order. The tree structure is not stored: a resumed run rebuilds
-  it from its own initial state and checks every leaf's shape and dtype against the file;
+  steps) in ``jax.tree_util.tree_leaves`` order. The tree structure is not stored: a resumed run
+  rebuilds it from its own initial state and checks every leaf's shape and dtype against the file;
 - ``record_<field>``: the per-draw records (dims chain, draw) written so far, burn-in included;
 - attrs: ``settings`` (JSON: everything that determines the trajectory: kernel, seed, chains, draws,
   batch size, nβ, γ, ...), ``step_size`` (so a resumed run does not retune) and the tuning record,
   ``next_draw`` / ``total_draws``, and the divergence-retry bookkeeping (``attempt``, ``retries``).
 
-Writes are atomic: a temporary file in the same directory, flushed to disk, then ``os.replace``. A run
-killed mid-write leaves the previous checkpoint intact (and a stray ``*.tmp*`` file, ignored and
+Writes are atomic: a temporary file in the same directory, flushed to disk, then ``os.replace``. A
+run killed mid-write leaves the previous checkpoint intact (and a stray ``*.tmp*`` file, ignored and
 cleaned up on resume). Keys are folded with the global step index (``sampling.loop``), so continuing
 from draw t with the restored state reproduces an uninterrupted run bit for bit.
 """
@@ -84,7 +85,8 @@ def _json_default(value: Any) -> Any:
 
 
 def write_checkpoint(path: Path, ckpt: Checkpoint) -> None:
-    """Write ``ckpt`` to ``path`` atomically (temporary file in the same directory + ``os.replace``)."""
+    """Write ``ckpt`` to ``path`` atomically (temporary file in the same directory +
+    ``os.replace``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {}
     attrs: dict[str, Any] = {
@@ -134,7 +136,8 @@ def _get(ds: xr.Dataset, name: str) -> np.ndarray:
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read a checkpoint written by :func:`write_checkpoint`; :class:`SettingError` if unreadable."""
+    """Read a checkpoint written by :func:`write_checkpoint`; :class:`SettingError` if
+    unreadable."""
     path = Path(path)
     try:
         with xr.open_dataset(
@@ -183,8 +186,8 @@ def restore_state(ckpt: Checkpoint, template: Any, path: Path) -> Any:
 
 
 def load_for_resume(path: Path, settings: dict[str, Any]) -> Checkpoint | None:
-    """The checkpoint at ``path`` if there is one (else ``None``), after checking it was written by a
-    run with the same ``settings``; stray temporary files of a killed write are removed."""
+    """The checkpoint at ``path`` if there is one (else ``None``), after checking it was written by
+    a run with the same ``settings``; stray temporary files of a killed write are removed."""
     for stray in path.parent.glob(path.name + ".tmp*"):
         stray.unlink(missing_ok=True)
     if not path.exists():
@@ -193,7 +196,9 @@ def load_for_resume(path: Path, settings: dict[str, Any]) -> Checkpoint | None:
     mine, theirs = _flat(normalize_settings(settings)), _flat(ckpt.settings)
     differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if differ:
-        detail = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in differ)
+        detail = ", ".join(
+            f"{k}: checkpoint {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in differ
+        )
         raise SettingError(
             f"checkpoint {str(path)!r} was written by a run with different settings ({detail}); "
             "resume with the same model, data and settings, or delete the checkpoint to start over"

@@ -1,15 +1,15 @@
 """Run the segmented sampler with checkpoints and divergence retries (``sample``'s outer loop).
 
 An *attempt* is one full run of every segment from the initial state at one step size. After an
-attempt, if more than ``max_diverged_fraction`` of the chains diverged and retries remain, the whole run
-starts again from the same initial state and keys with ε halved (``retry_on_divergence`` times at most).
-Each finished attempt is recorded (ε, chains diverged) and lands in the result attrs as
-``divergence_retries`` (count) and ``retry_history`` (JSON).
+attempt, if more than ``max_diverged_fraction`` of the chains diverged and retries remain, the
+whole run starts again from the same initial state and keys with ε halved (``retry_on_divergence``
+times at most). Each finished attempt is recorded (ε, chains diverged) and lands in the result
+attrs as ``divergence_retries`` (count) and ``retry_history`` (JSON).
 
-With a checkpoint file, the state after every ``checkpoint_every`` segments (and after the last one) is
-written atomically (``sampling.checkpoint``); a resumed run continues the recorded attempt from its
-next draw. Because the loop folds every key with the global step index, the continuation equals an
-uninterrupted run bit for bit.
+With a checkpoint file, the state after every ``checkpoint_every`` segments (and after the last
+one) is written atomically (``sampling.checkpoint``); a resumed run continues the recorded attempt
+from its next draw. Because the loop folds every key with the global step index, the continuation
+equals an uninterrupted run bit for bit.
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def _checkpointer(
     attempt: int,
     history: list[dict[str, Any]],
 ) -> Callable[[Any, int, int, Callable[[], dict[str, np.ndarray]]], None]:
-    """A callback for ``_run_segments``: write a checkpoint every ``every`` segments and at the end."""
+    """A callback for ``_run_segments``: write a checkpoint every ``every`` segments and at the
+    end."""
     finished_before = list(history)
 
     def on_segment(
