@@ -47,12 +47,10 @@ def report_case_count(pytestconfig):
     yield
     total = sum(COUNTS.values())
     detail = ", ".join(f"{k} {v}" for k, v in COUNTS.items())
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
     line = f"test_fuzz: {total} generated cases ({detail})"
-    if reporter is not None:
-        reporter.write_line(line)
-    else:  # pragma: no cover - plain runners
-        print(line)
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(f"\n{line}")
     if len(COUNTS) == 4:  # the whole module ran
         assert total >= MIN_TOTAL, line
 

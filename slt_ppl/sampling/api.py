@@ -327,9 +327,11 @@ def _check_reliability_settings(
         raise SettingError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
     if resume and checkpoint is None:
         raise SettingError("resume=True needs checkpoint=<the path the interrupted run wrote>")
-    if (checkpoint is not None or resume) and isinstance(kernel, str) and kernel in NUMPYRO_KERNELS:
+    numpyro_kernel = isinstance(kernel, str) and kernel in NUMPYRO_KERNELS
+    if numpyro_kernel and (checkpoint is not None or resume or retry_on_divergence):
         raise SettingError(
-            f"checkpoint/resume works with slt_ppl's own kernels, not NumPyro's {kernel!r}"
+            "checkpoint, resume and retry_on_divergence work with slt_ppl's own kernels, not "
+            f"NumPyro's {kernel!r}"
         )
     for name, value, minimum in [
         ("checkpoint_every", checkpoint_every, 1),
