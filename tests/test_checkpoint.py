@@ -106,3 +106,73 @@ def test_resume_refuses_other_settings_and_starts_fresh_without_file(tmp_path, p
     (path / "checkpoint.nc").write_bytes(b"not a checkpoint")
     with pytest.raises(SettingError, match="cannot read the checkpoint"):
         slt_ppl.sample(posterior, checkpoint=path, resume=True, **small)
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(monkeypatch, writes: int):
+    """Make the checkpoint writer raise after ``writes`` successful writes (an in-process crash)."""
+    from slt_ppl.sampling import recovery
+    from slt_ppl.sampling.checkpoint import write_checkpoint
+
+    done = []
+
+    def flaky(path, ckpt):
+        if len(done) >= writes:
+            raise _Crash
+        write_checkpoint(path, ckpt)
+        done.append(ckpt.next_draw)
+
+    monkeypatch.setattr(recovery, "write_checkpoint", flaky)
+    return done
+
+
+def test_momentum_kernel_resumes_mid_run(tmp_path, posterior, monkeypatch):
+    kwargs = dict(
+        kernel="sghmc", num_chains=2, num_draws=30, step_size=1e-3, seed=2, num_segments=6,
+        progress=False,
+    )  # fmt: skip
+    ckpt = tmp_path / "sghmc.nc"
+    done = _crash_after(monkeypatch, 3)
+    with pytest.raises(_Crash):
+        slt_ppl.sample(posterior, checkpoint=ckpt, **kwargs)
+    monkeypatch.undo()
+    assert read_checkpoint(ckpt).next_draw == done[-1] < read_checkpoint(ckpt).total_draws
+    resumed = slt_ppl.sample(posterior, checkpoint=ckpt, resume=True, **kwargs)
+    assert resumed.attrs["resumed_from_draw"] == done[-1]
+    fresh = slt_ppl.sample(posterior, **kwargs)
+    for name, var in fresh["sample_stats"].data_vars.items():
+        assert np.array_equal(var.values, resumed["sample_stats"][name].values, equal_nan=True)
+
+
+def test_resume_inside_a_divergence_retry(tmp_path, monkeypatch):
+    import warnings
+
+    from _reliability_models import TRAP_JITTER, TRAP_SEED, trap_problem
+
+    from slt_ppl.errors import DivergenceWarning
+
+    model, data, center = trap_problem()
+    post = slt_ppl.localize(model, data, center)
+    kwargs = dict(
+        num_chains=4, num_draws=20, step_size=1e-3, seed=TRAP_SEED, init_jitter=TRAP_JITTER,
+        num_segments=4, progress=False, retry_on_divergence=1,
+    )  # fmt: skip
+    ckpt = tmp_path / "retry.nc"
+    _crash_after(monkeypatch, 6)  # 4 writes for attempt 0, then 2 into the retry
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DivergenceWarning)
+        with pytest.raises(_Crash):
+            slt_ppl.sample(post, checkpoint=ckpt, **kwargs)
+        monkeypatch.undo()
+        partial = read_checkpoint(ckpt)
+        assert partial.attempt == 1 and partial.step_size == 5e-4
+        assert partial.retries == [{"step_size": 1e-3, "chains_diverged": 1}]
+        resumed = slt_ppl.sample(post, checkpoint=ckpt, resume=True, **kwargs)
+        fresh = slt_ppl.sample(post, **kwargs)
+    for key in ("step_size", "divergence_retries", "retry_history"):
+        assert resumed.attrs[key] == fresh.attrs[key], key
+    for name, var in fresh["sample_stats"].data_vars.items():
+        assert np.array_equal(var.values, resumed["sample_stats"][name].values, equal_nan=True)
