@@ -17,7 +17,12 @@ from _reliability_models import regression_problem
 
 import slt_ppl
 from slt_ppl.errors import SettingError
-from slt_ppl.sampling.checkpoint import checkpoint_path, read_checkpoint, resume_settings
+from slt_ppl.sampling.checkpoint import (
+    checkpoint_path,
+    read_checkpoint,
+    resume_run,
+    resume_settings,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = dict(
@@ -91,6 +96,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, posterior):
     stored = resume_settings(ckpt)
     for key in ("num_chains", "num_draws", "seed", "step_size", "num_segments"):
         assert stored[key] == (repr(SETTINGS[key]) if key == "step_size" else SETTINGS[key])
+    _assert_identical(fresh, resume_run(posterior, ckpt, progress=False))
 
 
 def test_resume_refuses_other_settings_and_starts_fresh_without_file(tmp_path, posterior):

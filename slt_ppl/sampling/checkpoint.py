@@ -223,3 +223,16 @@ def resume_settings(path: str | os.PathLike[str]) -> dict[str, Any]:
     resume=True)`` continues the run. Kernels given as objects cannot be stored; pass them again."""
     ckpt = read_checkpoint(checkpoint_path(path))
     return dict(ckpt.settings["sample_kwargs"])
+
+
+def resume_run(
+    posterior: Any, checkpoint: str | os.PathLike[str], *, progress: bool = True
+) -> xr.DataTree:
+    """Continue (or, if finished, reload) the run recorded in ``checkpoint`` with its own settings:
+    the entry point for front ends such as the CLI's ``--resume``. ``posterior`` must be the one the
+    run sampled (same model, data, center, nβ, γ; checked against the file)."""
+    from slt_ppl.sampling.api import sample
+
+    kwargs = resume_settings(checkpoint)
+    kwargs.pop("progress", None)
+    return sample(posterior, **kwargs, checkpoint=checkpoint, resume=True, progress=progress)
