@@ -42,7 +42,8 @@ def center_gradient(
 ) -> tuple[float, float, float]:
     """(‖∇L_n(w*)‖, √(tr Cov_i(∇ℓ_i(w*))/n), z = their ratio), per-datum covariance from at most
     ``max_points`` points."""
-    m = min(posterior.n, max_points)
+    # per-datum gradients take m·d floats: keep them under 2**24 (64 MiB in float32)
+    m = min(posterior.n, max_points, max(2, 2**24 // max(posterior.dim, 1)))
     sub = {k: v[:m] for k, v in posterior.data.items()}
 
     def per_datum(w: jax.Array, row: Mapping[str, jax.Array]) -> jax.Array:
