@@ -13,6 +13,7 @@ from typing import Any
 from slt_ppl.errors import (
     CenterError,
     DataError,
+    DataWarning,
     DivergenceError,
     DivergenceWarning,
     HealthWarning,
@@ -44,6 +45,7 @@ _LAZY = {
 __all__ = [
     "CenterError",
     "DataError",
+    "DataWarning",
     "DivergenceError",
     "DivergenceWarning",
     "HealthWarning",

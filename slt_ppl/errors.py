@@ -1,8 +1,9 @@
 """Exceptions and warnings raised by slt_ppl.
 
-Every error names the site, shape or setting at fault. They all derive from :class:`SLTError`, so a
-caller can catch everything the library raises on purpose with one ``except SLTError``; anything else
-escaping from slt_ppl is a bug. ``docs/troubleshooting.md`` maps each class to its causes and fixes.
+Every error names the site, shape or setting at fault. They all derive from :class:`SLTError`, so
+a caller can catch everything the library raises on purpose with one ``except SLTError``; anything
+else escaping from slt_ppl is a bug. ``docs/troubleshooting.md`` maps each class to its causes and
+fixes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ class SLTError(Exception):
 
 
 class ModelError(SLTError, ValueError):
-    """The model cannot be localized: discrete latent sites, no observed site, bad log-probabilities."""
+    """The model cannot be localized: discrete latent sites, no observed site, bad log-densities."""
 
 
 class DataError(SLTError, ValueError):
@@ -29,11 +30,11 @@ class SettingError(SLTError, ValueError):
 
 
 class ResultError(SLTError, ValueError):
-    """A result lacks what an estimator needs (e.g. spectral metrics of a run without kept draws)."""
+    """A result lacks what an estimator needs (e.g. spectral metrics of a run without draws)."""
 
 
 class DivergenceError(SLTError, RuntimeError):
-    """Every chain diverged (non-finite or exploding loss), so there is nothing left to estimate from."""
+    """Every chain diverged (non-finite or exploding loss): nothing is left to estimate from."""
 
 
 class SLTWarning(UserWarning):
@@ -45,8 +46,12 @@ class DivergenceWarning(SLTWarning):
 
 
 class SuspiciousCenterWarning(SLTWarning):
-    """The center does not look like a local minimum (large gradient, falling loss, negative LLC)."""
+    """The center does not look like a local minimum (large gradient, negative LLC)."""
+
+
+class DataWarning(SLTWarning):
+    """The data are usable but look unintended (integer values fed to a continuous likelihood)."""
 
 
 class HealthWarning(SLTWarning):
-    """A diagnostic check failed (R-hat, ESS, MALA acceptance, trend); the estimate is unreliable."""
+    """A check failed (R-hat, ESS, acceptance, trend, unstable ε): the estimate is unreliable."""

@@ -33,29 +33,37 @@ def localize(
 
     Args:
         model: a NumPyro model called as ``model(**data)``; a Pyro model (``backend="pyro"``, or
-            detected); or a plain JAX function ``loss(params, batch)`` returning the mean per-datum NLL
-            (``backend="jax"``, or detected from a two-argument signature).
+            detected); or a plain JAX function ``loss(params, batch)`` returning the mean per-datum
+            NLL (``backend="jax"``, or detected from a two-argument signature).
         data: dict of arrays whose leading axis indexes the n data points; minibatches slice axis 0.
         center: w*: a dict of latent site values (constrained, as the model declares them) or, for a
             loss function, a pytree of parameters. For a ``torch.nn.Module`` it defaults to the
             module's current weights (see :func:`slt_ppl.backends.pyro_backend.from_module`).
         nbeta: nβ; default n/log n.
         gamma: γ; ``"auto"`` (default) picks the unit-information localization
-            γ = β·max(1, tr ∇²L_n(w*)/d), see :func:`slt_ppl.backends.common.unit_information_gamma`.
+            γ = β·max(1, tr ∇²L_n(w*)/d), see
+            :func:`slt_ppl.backends.common.unit_information_gamma`.
         backend: force "numpyro", "jax" or "pyro".
 
     Returns:
         A :class:`LocalPosterior` over the flat vector of unconstrained parameters.
     """
     kind = backend or detect_backend(model, data)
-    if kind == "numpyro":
-        from slt_ppl.backends.numpyro_backend import localize_numpyro
+    if kind in ("numpyro", "jax"):
+        from slt_ppl.preflight import check_center
 
-        return localize_numpyro(model, data, center, nbeta=nbeta, gamma=gamma, **kwargs)
-    if kind == "jax":
-        from slt_ppl.backends.jax_loss import localize_loss
-
-        return localize_loss(model, data, center, nbeta=nbeta, gamma=gamma, **kwargs)
+        if kind == "numpyro":
+            from slt_ppl.backends.numpyro_backend import localize_numpyro as build
+        else:
+            from slt_ppl.backends.jax_loss import localize_loss as build
+        if kwargs:
+            raise SettingError(
+                f"unknown keyword argument(s) {sorted(kwargs)} for the {kind} backend; localize "
+                "takes nbeta, gamma and backend"
+            )
+        posterior = build(model, data, center, nbeta=nbeta, gamma=gamma)
+        check_center(posterior)
+        return posterior
     if kind == "pyro":
         try:
             from slt_ppl.backends.pyro_backend import localize_pyro

@@ -13,11 +13,16 @@ import numpy as np
 from slt_ppl.errors import DataError, SettingError
 
 
-def validate_data(data: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
+def validate_data(
+    data: Mapping[str, Any], *, framework: str = "jax"
+) -> tuple[dict[str, np.ndarray], int]:
     """Check that ``data`` is a non-empty dict of finite arrays with one common leading length n.
 
     Returns the data as NumPy arrays and n. Integer and boolean arrays are allowed (labels, counts);
-    float arrays must be finite everywhere.
+    float arrays must be finite everywhere. With ``framework="jax"`` (the NumPyro and JAX backends)
+    torch tensors must live on the CPU, and values must fit JAX's default 32-bit types unless
+    ``jax_enable_x64`` is on (JAX would otherwise wrap large integers and turn large floats into inf
+    silently).
     """
     if not isinstance(data, Mapping) or len(data) == 0:
         raise DataError(
@@ -29,6 +34,8 @@ def validate_data(data: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
     for name, value in data.items():
         if not isinstance(name, str):
             raise DataError(f"data keys must be strings (model keyword names), got {name!r}")
+        if framework == "jax":
+            _check_device(value, name)
         arr = _to_numpy(value, name)
         if arr.ndim == 0:
             raise DataError(
@@ -40,6 +47,8 @@ def validate_data(data: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
             raise DataError(f"data[{name!r}] holds {bad} non-finite value(s) (NaN or inf)")
+        if framework == "jax":
+            _check_fits_32_bits(arr, name)
         arrays[name] = arr
         lengths[name] = int(arr.shape[0])
     if len(set(lengths.values())) != 1:
@@ -51,6 +60,40 @@ def validate_data(data: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
     if n < 2:
         raise DataError(f"need at least 2 data points, got n = {n}")
     return arrays, n
+
+
+def _check_device(value: Any, name: str) -> None:
+    """A torch tensor on an accelerator cannot feed the JAX backends: say so instead of copying
+    it."""
+    device = getattr(value, "device", None)
+    kind = getattr(device, "type", None)
+    if hasattr(value, "detach") and isinstance(kind, str) and kind != "cpu":
+        raise DataError(
+            f"data[{name!r}] is a torch tensor on device {device}; the NumPyro/JAX backends take "
+            f"host arrays: pass data[{name!r}].cpu().numpy(), or use backend='pyro' for torch "
+            "models"
+        )
+
+
+def _check_fits_32_bits(arr: np.ndarray, name: str) -> None:
+    if jax.config.jax_enable_x64 or arr.size == 0:
+        return
+    if arr.dtype.kind in "iu" and arr.dtype.itemsize > 4:
+        info = np.iinfo(np.int32)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < info.min or hi > info.max:
+            raise DataError(
+                f"data[{name!r}] ({arr.dtype}) holds values in [{lo}, {hi}] outside int32, JAX's "
+                "default integer type; they would wrap around. Rescale them, store them as floats, "
+                "or enable 64-bit JAX (jax.config.update('jax_enable_x64', True))"
+            )
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
+        big = float(np.max(np.abs(arr)))
+        if big > float(np.finfo(np.float32).max):
+            raise DataError(
+                f"data[{name!r}] holds values up to {big:.3g}, beyond float32 (JAX's default float "
+                "type), where they become inf; rescale them or enable 64-bit JAX"
+            )
 
 
 def _to_numpy(value: Any, name: str) -> np.ndarray:
@@ -66,7 +109,10 @@ def resolve_nbeta(nbeta: float | None, n: int) -> float:
     """nβ = n/log n unless given (Watanabe 2013)."""
     if nbeta is None:
         return n / math.log(n)
-    nbeta = float(nbeta)
+    try:
+        nbeta = float(nbeta)
+    except (TypeError, ValueError) as err:
+        raise SettingError(f"nbeta must be a positive finite number, got {nbeta!r}") from err
     if not (math.isfinite(nbeta) and nbeta > 0):
         raise SettingError(f"nbeta must be a positive finite number, got {nbeta!r}")
     return nbeta
@@ -85,11 +131,12 @@ def unit_information_gamma(
 ) -> tuple[float, float]:
     """Default localization: γ = β·max(1, h̄), h̄ = tr ∇²L_n(w*) / d (Hutchinson estimate).
 
-    The Gaussian localization then weighs as much as one tempered observation of average curvature (a
-    unit-information choice, cf. Kass & Wasserman 1995). In a regular direction of curvature h it biases
-    λ̂ by about h̄/(2n·h), i.e. O(1/n); in flat (singular) directions it is weak enough not to erase them,
-    the failure reference section 6 measured for a fixed γ = 100 (λ = 1/4 estimated as 0.001). The floor
-    of 1 keeps γ positive where the Hessian vanishes (normal-crossing models at w* = 0).
+    The Gaussian localization then weighs as much as one tempered observation of average curvature
+    (a unit-information choice, cf. Kass & Wasserman 1995). In a regular direction of curvature h
+    it biases λ̂ by about h̄/(2n·h), i.e. O(1/n); in flat (singular) directions it is weak enough
+    not to erase them, the failure reference section 6 measured for a fixed γ = 100 (λ = 1/4
+    estimated as 0.001). The floor of 1 keeps γ positive where the Hessian vanishes
+    (normal-crossing models at w* = 0).
 
     Returns (γ, h̄). The trace uses at most ``max_points`` data points.
     """

@@ -1,4 +1,5 @@
-"""Plain-JAX adapter: ``loss(params, batch) -> mean per-datum NLL`` for users without a NumPyro model."""
+"""Plain-JAX adapter: ``loss(params, batch) -> mean per-datum NLL``, for users without a NumPyro
+model."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def localize_loss(
         arr = np.asarray(leaf)
         if arr.dtype.kind != "f":
             raise CenterError(
-                f"center leaf {jax.tree_util.keystr(path)} has dtype {arr.dtype}; parameters must be floats"
+                f"center leaf {jax.tree_util.keystr(path)} has dtype {arr.dtype}; parameters "
+                "must be floats"
             )
         if not np.all(np.isfinite(arr)):
             raise CenterError(f"center leaf {jax.tree_util.keystr(path)} holds non-finite values")

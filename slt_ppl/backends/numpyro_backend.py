@@ -1,17 +1,20 @@
-"""NumPyro adapter: an unmodified NumPyro model becomes a :class:`~slt_ppl.posterior.LocalPosterior`.
+"""NumPyro adapter: an unmodified NumPyro model becomes a
+:class:`~slt_ppl.posterior.LocalPosterior`.
 
-The model is called as ``model(**batch)`` with ``batch`` a slice (along axis 0) of the user's data dict.
-Effect handlers do the work, so the user never rewrites the model:
+The model is called as ``model(**batch)`` with ``batch`` a slice (along axis 0) of the user's data
+dict. Effect handlers do the work, so the user never rewrites the model:
 
 - ``trace(seed(model))`` once, to find the latent and observed sites and their supports;
 - ``substitute(model, data=constrained_params)`` to evaluate the model at a given w;
-- the observed sites' log-probabilities (times any ``scale`` the model sets) summed and divided by the
-  batch length give −L_B(w), the mean per-datum log-likelihood. The model's priors are *not* part of U:
-  the Gaussian localization plays the prior's role in the local posterior (Lau et al. 2023).
+- the observed sites' log-probabilities (times any ``scale`` the model sets) summed and divided by
+  the batch length give −L_B(w), the mean per-datum log-likelihood. The model's priors are *not*
+  part of U: the Gaussian localization plays the prior's role in the local posterior (Lau et al.
+  2023).
 
 Latent sites are sampled in unconstrained space: a site with support S is mapped by
 ``numpyro.distributions.biject_to(S)``; w is the concatenation of the unconstrained values, and the
-localization ‖w − w*‖² is measured there. The LLC is invariant under such a smooth change of coordinates.
+localization ‖w − w*‖² is measured there. The LLC is invariant under such a smooth change of
+coordinates.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from slt_ppl.backends.common import resolve_nbeta, unit_information_gamma, validate_data
-from slt_ppl.errors import CenterError, ModelError
+from slt_ppl.errors import CenterError, ModelError, SLTError
 from slt_ppl.posterior import LocalPosterior
+from slt_ppl.preflight import check_observed_sites
 
 
 def trace_model(model: Callable[..., Any], data: Mapping[str, Any]) -> dict[str, dict]:
@@ -40,10 +44,19 @@ def trace_model(model: Callable[..., Any], data: Mapping[str, Any]) -> dict[str,
             f"calling the model as model(**data) with data keys {sorted(data)} failed: {err}. "
             "The data dict's keys must be the model's keyword arguments."
         ) from err
+    except SLTError:
+        raise
+    except Exception as err:  # the user's model failed on the user's data: say which call
+        shapes = {k: tuple(np.shape(v)) for k, v in data.items()}
+        raise ModelError(
+            f"the model raised {type(err).__name__} when called as model(**data) with data shapes "
+            f"{shapes}: {err}"
+        ) from err
 
 
 def split_sites(tr: Mapping[str, dict]) -> tuple[dict[str, dict], dict[str, dict]]:
-    """Latent and observed sample sites of a trace; discrete latent sites raise :class:`ModelError`."""
+    """Latent and observed sample sites of a trace; discrete latent sites raise
+    :class:`ModelError`."""
     latent: dict[str, dict] = {}
     observed: dict[str, dict] = {}
     for name, site in tr.items():
@@ -55,8 +68,9 @@ def split_sites(tr: Mapping[str, dict]) -> tuple[dict[str, dict], dict[str, dict
         fn = site["fn"]
         if getattr(fn, "is_discrete", False) or getattr(fn.support, "is_discrete", False):
             raise ModelError(
-                f"latent site {name!r} is discrete ({type(fn).__name__}); the local posterior needs "
-                "continuous parameters. Marginalize it (e.g. numpyro's enumeration / funsor) or observe it."
+                f"latent site {name!r} is discrete ({type(fn).__name__}); the local posterior "
+                "needs continuous parameters. Marginalize it (e.g. numpyro's enumeration / "
+                "funsor) or observe it."
             )
         latent[name] = site
     if not observed:
@@ -96,14 +110,16 @@ def unconstrain_center(
         expected = tuple(np.shape(site["value"]))
         if tuple(value.shape) != expected:
             raise CenterError(
-                f"center[{name!r}] has shape {tuple(value.shape)}, the model's site has shape {expected}"
+                f"center[{name!r}] has shape {tuple(value.shape)}, the model's site has shape "
+                f"{expected}"
             )
         if not bool(jnp.all(jnp.isfinite(value))):
             raise CenterError(f"center[{name!r}] holds non-finite values")
         u = transforms[name].inv(value)
         if not bool(jnp.all(jnp.isfinite(u))):
             raise CenterError(
-                f"center[{name!r}] lies outside the support {site['fn'].support} of its distribution"
+                f"center[{name!r}] lies outside the support {site['fn'].support} of its "
+                "distribution"
             )
         unconstrained[name] = u
     return unconstrained, transforms
@@ -152,6 +168,8 @@ def localize_numpyro(
     probe = {k: v[: min(n, 8)] for k, v in jdata.items()}
     tr = trace_model(model, probe)
     latent, observed = split_sites(tr)
+    full_trace = trace_model(model, jdata) if n > len(next(iter(probe.values()))) else tr
+    check_observed_sites({k: full_trace[k] for k in observed if k in full_trace})
     params_u, transforms = unconstrain_center(center, latent)
     flat_center, unravel = ravel_pytree(params_u)
     loss_fn, constrain = make_loss_fn(model, list(observed), unravel, transforms)
@@ -188,7 +206,16 @@ def finish_posterior(
     from slt_ppl.errors import SettingError
 
     nbeta_value = resolve_nbeta(nbeta, n)
-    center_loss = float(jax.jit(loss_fn)(center, data))
+    try:
+        center_loss = float(jax.jit(loss_fn)(center, data))
+    except SLTError:
+        raise
+    except Exception as err:  # user code under jit: non-traceable control flow, shape errors
+        raise ModelError(
+            f"evaluating the loss at the center under jax.jit failed with {type(err).__name__}: "
+            f"{err}. The model/loss must be traceable by JAX (no Python branching on parameter or "
+            "data values) and accept the full data"
+        ) from err
     if not np.isfinite(center_loss):
         raise ModelError(
             f"the loss at the center, L_n(w*) = {center_loss}, is not finite: the likelihood is "

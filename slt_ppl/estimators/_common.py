@@ -1,4 +1,5 @@
-"""Shared plumbing of the sampling-based estimators: pick healthy chains, build the loss difference."""
+"""Shared plumbing of the sampling-based estimators: pick healthy chains, build the loss
+difference."""
 
 from __future__ import annotations
 
@@ -19,10 +20,32 @@ def stats_of(result: xr.DataTree | xr.Dataset) -> tuple[xr.Dataset, dict]:
             raise ResultError(
                 "result has no 'sample_stats' group; pass the DataTree returned by slt_ppl.sample"
             )
-        return result["sample_stats"].to_dataset(), dict(result.attrs)
+        stats, attrs = result["sample_stats"].to_dataset(), dict(result.attrs)
+        _require(stats, attrs)
+        return stats, attrs
     raise ResultError(
         f"expected the DataTree returned by slt_ppl.sample, got {type(result).__name__}"
     )
+
+
+REQUIRED_STATS = ("loss", "loss_center", "diverged_at")
+REQUIRED_ATTRS = ("nbeta", "loss_center_full")
+
+
+def _require(stats: xr.Dataset, attrs: dict) -> None:
+    """A result from slt_ppl.sample has these; a hand-made or truncated one may not."""
+    missing = [f"sample_stats.{v}" for v in REQUIRED_STATS if v not in stats]
+    missing += [f"attrs[{a!r}]" for a in REQUIRED_ATTRS if a not in attrs]
+    if missing:
+        raise ResultError(
+            f"the result lacks {', '.join(missing)}; pass the DataTree returned by slt_ppl.sample "
+            "(or read back with xarray.open_datatree) without dropping variables or attrs"
+        )
+    for a in REQUIRED_ATTRS:
+        try:
+            float(attrs[a])
+        except (TypeError, ValueError) as err:
+            raise ResultError(f"result attrs[{a!r}] = {attrs[a]!r} is not a number") from err
 
 
 def loss_difference(stats: xr.Dataset, attrs: dict, method: str) -> xr.DataArray:

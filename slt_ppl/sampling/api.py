@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -15,7 +17,10 @@ import xarray as xr
 from slt_ppl.errors import SettingError
 from slt_ppl.kernels import FULL_BATCH_KERNELS, KERNEL_NAMES, NUMPYRO_KERNELS, Kernel, get_kernel
 from slt_ppl.posterior import LocalPosterior
+from slt_ppl.preflight import check_step_size
+from slt_ppl.sampling.checkpoint import checkpoint_path, load_for_resume
 from slt_ppl.sampling.loop import DrawRecord, SegmentRunner
+from slt_ppl.sampling.recovery import run_with_recovery
 from slt_ppl.sampling.result import build_result
 from slt_ppl.sampling.stepsize import tune_step_size
 
@@ -41,6 +46,11 @@ def sample(
     progress: bool = True,
     num_segments: int = 20,
     kernel_options: dict[str, Any] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+    retry_on_divergence: int = 0,
+    max_diverged_fraction: float = 0.0,
 ) -> xr.DataTree:
     """Sample the local posterior with ``num_chains`` chains in one compiled loop.
 
@@ -49,8 +59,10 @@ def sample(
         kernel: "sgld" (default), "rmsprop_sgld", "sghmc", "sgnht" (stochastic gradient), "mala"
             (full batch, Metropolis-corrected), "hmc"/"nuts" (NumPyro's kernels, full batch), or a
             :class:`~slt_ppl.kernels.Kernel`.
-        step_size: ε in the Langevin convention w ← w − (ε/2)∇U + √ε ξ; "auto"/None (default) tunes it
-            so the MALA-acceptance diagnostic lands in 0.90–0.95 (see ``sampling.stepsize``).
+        step_size: ε in the Langevin convention w ← w − (ε/2)∇U + √ε ξ; "auto"/None (default)
+            tunes it so the MALA-acceptance diagnostic lands in 0.90–0.95 (see
+            ``sampling.stepsize``). An auto-tuned ε depends on all chains, so chain i's draws are
+            independent of ``num_chains`` only for a given numeric ε.
         batch_size: minibatch size for SG kernels, default min(n, 256); indices are drawn with
             replacement on the device.
         num_chains, num_draws: chains and recorded draws per chain.
@@ -58,13 +70,27 @@ def sample(
             ``warmup_sample_stats`` group); default = num_draws·thin, i.e. half the run.
         thin: steps per recorded draw.
         seed: chain i uses keys derived from (seed, i) only.
-        diag_every: compute the MALA-acceptance diagnostic every this many draws (Furman & Lau use ~20).
+        diag_every: compute the MALA-acceptance diagnostic every this many draws (Furman & Lau
+            use ~20).
         keep_draws: also keep parameter draws (group ``posterior``; memory C·D·d).
-        shared_batches: all chains see the same minibatch at a step (one gather) or independent ones.
+        shared_batches: all chains see the same minibatch at a step (one gather) or independent
+            ones.
         init_jitter: chains start at w* + init_jitter·N(0, I) (default exactly at w*).
         explode: a chain whose L_B − L_B(w*) exceeds explode·(1 + |L_B(w*)|) counts as diverged.
         progress: show a progress bar (segment by segment; nothing syncs inside a segment).
         kernel_options: passed to the kernel builder (e.g. ``{"friction": 0.2}``).
+        checkpoint: a file (``run.nc``) or directory (``<dir>/checkpoint.nc``) to write the sampler
+            state, draws so far, settings and step size to, atomically, every ``checkpoint_every``
+            segments and at the end (NetCDF, see ``slt_ppl.sampling.checkpoint``).
+        checkpoint_every: segments between checkpoints (``num_segments`` sets the segment count).
+        resume: continue from ``checkpoint`` if it exists (a fresh run otherwise): no retuning, and
+            the result equals an uninterrupted run with the same settings bit for bit. The settings
+            must match the checkpoint's (``SettingError`` names the ones that differ).
+        retry_on_divergence: when more than ``max_diverged_fraction`` of the chains diverged, rerun
+            from the start with ε halved, at most this many times (attrs ``divergence_retries``,
+            ``retry_history``). Default 0: diverged chains are only dropped by the estimators.
+        max_diverged_fraction: the fraction of diverged chains tolerated without a retry (default 0:
+            any divergence triggers one when retries are allowed).
 
     Returns:
         ``xr.DataTree`` with groups ``sample_stats`` and ``warmup_sample_stats`` (dims chain, draw:
@@ -73,12 +99,27 @@ def sample(
         seed, backend and versions.
     """
     if getattr(posterior, "backend", None) == "pyro":  # TorchLocalPosterior: same arguments
+        import inspect
+
         from slt_ppl.sampling.torch_api import sample_torch
 
-        return sample_torch(**{k: v for k, v in locals().items() if k != "sample_torch"})
+        given = dict(locals())
+        accepted = inspect.signature(sample_torch).parameters
+        unsupported = [
+            k for k in ("checkpoint", "resume", "retry_on_divergence", "stream_to") if given.get(k)
+        ]
+        if unsupported:
+            raise SettingError(
+                f"{unsupported} are not supported by the torch backend yet; use the NumPyro/JAX path"
+            )
+        return sample_torch(**{k: v for k, v in given.items() if k in accepted})
     _check_settings(
         posterior, kernel, batch_size, num_chains, num_draws, num_burnin, thin, diag_every
     )
+    _check_reliability_settings(
+        checkpoint, checkpoint_every, resume, retry_on_divergence, max_diverged_fraction, kernel
+    )
+    _check_numbers(seed, init_jitter, explode, num_segments, kernel_options)
     if num_burnin is None:
         num_burnin = num_draws * thin
     if isinstance(kernel, str) and kernel in NUMPYRO_KERNELS:
@@ -114,8 +155,37 @@ def sample(
         positions = positions + init_jitter * noise
     state = runner.init(chain_keys, positions)
 
+    num_burnin_draws = math.ceil(num_burnin / thin)
+    total = num_burnin_draws + num_draws
+    settings = {
+        "sample_kwargs": {
+            "kernel": kern.name if isinstance(kernel, Kernel) else kernel,
+            "step_size": _setting_repr(step_size),
+            "batch_size": batch_size, "num_chains": num_chains, "num_draws": num_draws,
+            "num_burnin": num_burnin, "thin": thin, "seed": seed, "diag_every": diag_every,
+            "keep_draws": keep_draws, "shared_batches": shared_batches,
+            "init_jitter": float(init_jitter), "explode": float(explode),
+            "num_segments": num_segments, "kernel_options": kernel_options,
+            "retry_on_divergence": retry_on_divergence,
+            "max_diverged_fraction": float(max_diverged_fraction),
+        },
+        "posterior": {
+            "n": posterior.n, "dim": posterior.dim, "nbeta": posterior.nbeta,
+            "gamma": posterior.gamma, "backend": posterior.backend,
+            "model": str(posterior.info.get("model", "")),
+            "loss_center_full": float(posterior.info.get("loss_center_full", math.nan)),
+        },
+        "kernel_params": kern.params,
+        "batch": batch,
+        "total_draws": total,
+    }  # fmt: skip
+    ckpt_file = checkpoint_path(checkpoint) if checkpoint is not None else None
+    restored = load_for_resume(ckpt_file, settings) if resume and ckpt_file else None
+
     tuning: dict[str, Any] = {"method": "user"}
-    if step_size is None or step_size == "auto":
+    if restored is not None:
+        step_size, tuning = restored.step_size, restored.tuning
+    elif step_size is None or step_size == "auto":
         tune_master = jax.random.fold_in(master, 2)
         tune_keys = jax.vmap(lambda k: jax.random.fold_in(tune_master, k))(jnp.arange(num_chains))
         tune_batch = tune_master if shared_batches else tune_keys
@@ -130,12 +200,15 @@ def sample(
             ) from err
         if not (math.isfinite(step_size) and step_size > 0):
             raise SettingError(f"step_size must be a positive finite number, got {step_size}")
+        check_step_size(posterior, step_size)
 
-    num_burnin_draws = math.ceil(num_burnin / thin)
-    total = num_burnin_draws + num_draws
-    records, state, wall = _run_segments(
-        runner, state, chain_keys, batch_keys, step_size, total, num_segments, progress
-    )
+    records, state, wall, outcome = run_with_recovery(
+        _run_segments, runner, state, chain_keys, batch_keys, step_size, total, num_segments,
+        progress, settings=settings, tuning=tuning, checkpoint_file=ckpt_file,
+        checkpoint_every=checkpoint_every, restored=restored,
+        retry_on_divergence=retry_on_divergence, max_diverged_fraction=max_diverged_fraction,
+    )  # fmt: skip
+    step_size = outcome.step_size
     return build_result(
         posterior,
         records,
@@ -156,6 +229,14 @@ def sample(
             "init_jitter": float(init_jitter),
             "seed": int(seed),
             "sampling_time_s": float(wall),
+            "slt_ppl_version": _library_version(),
+            "explode": float(explode),
+            "divergence_retries": int(outcome.attempt),
+            "retry_history": json.dumps(outcome.history),
+            "resumed_from_draw": -1
+            if outcome.resumed_from_draw is None
+            else outcome.resumed_from_draw,
+            "checkpoint": "" if ckpt_file is None else str(ckpt_file),
         },
         keep_draws=keep_draws,
     )
@@ -170,16 +251,31 @@ def _run_segments(
     total: int,
     num_segments: int,
     progress: bool,
+    *,
+    start: int = 0,
+    done: dict[str, np.ndarray] | None = None,
+    on_segment: Callable[[Any, int, int, Callable[[], dict[str, np.ndarray]]], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], Any, float]:
+    """Run draws ``start..total`` segment by segment (``done``: records of draws before ``start``);
+    ``on_segment(state, next_draw, segments_done, records)`` is called after each segment (the
+    checkpoint hook; ``records()`` concatenates the draws so far)."""
     from tqdm.auto import tqdm
 
     seg = max(1, math.ceil(total / max(1, num_segments)))
     compiled: dict[int, Any] = {}
-    pieces: list[DrawRecord] = []
-    start = 0
+    pieces: list[DrawRecord] = [] if done is None else [DrawRecord(**done)]
+
+    def concat() -> dict[str, np.ndarray]:
+        return {
+            field: np.concatenate([np.asarray(getattr(p, field)) for p in pieces], axis=1)
+            for field in DrawRecord._fields
+        }
+
+    segments_done = 0
     t0 = time.perf_counter()
     with tqdm(
         total=total * runner.thin,
+        initial=start * runner.thin,
         disable=not progress,
         desc=f"{runner.kernel.name} x{chain_keys.shape[0]} chains",
         unit="step",
@@ -193,13 +289,78 @@ def _run_segments(
             )
             pieces.append(jax.device_get(rec))
             start += length
+            segments_done += 1
             bar.update(length * runner.thin)
+            if on_segment is not None:
+                on_segment(state, start, segments_done, concat)
     wall = time.perf_counter() - t0
-    records = {
-        field: np.concatenate([np.asarray(getattr(p, field)) for p in pieces], axis=1)
-        for field in DrawRecord._fields
-    }
-    return records, state, wall
+    return concat(), state, wall
+
+
+def _setting_repr(step_size: Any) -> str | None:
+    """The step-size setting as stored in checkpoints: "auto"/None as is, numbers as repr(float)."""
+    if step_size is None or isinstance(step_size, str):
+        return step_size
+    try:
+        return repr(float(step_size))
+    except (TypeError, ValueError):
+        return repr(step_size)
+
+
+def _library_version() -> str:
+    from slt_ppl import __version__
+
+    return __version__
+
+
+def _check_numbers(
+    seed: Any, init_jitter: Any, explode: Any, num_segments: Any, kernel_options: Any
+) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**32:
+        raise SettingError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    if isinstance(num_segments, bool) or not isinstance(num_segments, int | np.integer):
+        raise SettingError(f"num_segments must be a positive integer, got {num_segments!r}")
+    if num_segments < 1:
+        raise SettingError(f"num_segments must be a positive integer, got {num_segments!r}")
+    for name, value in [("init_jitter", init_jitter), ("explode", explode)]:
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise SettingError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise SettingError(f"{name} must be a non-negative finite number, got {value!r}")
+    if explode == 0:
+        raise SettingError("explode must be positive (0 would flag every step as diverged)")
+    if kernel_options is not None and not isinstance(kernel_options, dict):
+        raise SettingError(f"kernel_options must be a dict, got {type(kernel_options).__name__}")
+
+
+def _check_reliability_settings(
+    checkpoint: Any,
+    checkpoint_every: Any,
+    resume: Any,
+    retry_on_divergence: Any,
+    max_diverged_fraction: Any,
+    kernel: Any,
+) -> None:
+    if checkpoint is not None and not isinstance(checkpoint, str | os.PathLike):
+        raise SettingError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
+    if resume and checkpoint is None:
+        raise SettingError("resume=True needs checkpoint=<the path the interrupted run wrote>")
+    numpyro_kernel = isinstance(kernel, str) and kernel in NUMPYRO_KERNELS
+    if numpyro_kernel and (checkpoint is not None or resume or retry_on_divergence):
+        raise SettingError(
+            "checkpoint, resume and retry_on_divergence work with slt_ppl's own kernels, not "
+            f"NumPyro's {kernel!r}"
+        )
+    for name, value, minimum in [
+        ("checkpoint_every", checkpoint_every, 1),
+        ("retry_on_divergence", retry_on_divergence, 0),
+    ]:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+            raise SettingError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if not isinstance(max_diverged_fraction, int | float) or not (0 <= max_diverged_fraction < 1):
+        raise SettingError(
+            f"max_diverged_fraction must be a number in [0, 1), got {max_diverged_fraction!r}"
+        )
 
 
 def _check_settings(
@@ -214,7 +375,8 @@ def _check_settings(
 ) -> None:
     if not isinstance(posterior, LocalPosterior):
         raise SettingError(
-            f"sample() needs a LocalPosterior from slt_ppl.localize(...), got {type(posterior).__name__}"
+            "sample() needs a LocalPosterior from slt_ppl.localize(...), got "
+            f"{type(posterior).__name__}"
         )
     if isinstance(kernel, str) and kernel not in KERNEL_NAMES:
         raise SettingError(f"unknown kernel {kernel!r}; choose one of {KERNEL_NAMES}")
