@@ -1,0 +1,7 @@
+"""Validation suites: slt_ppl's estimates against theory and against MALA.
+
+Each suite in :mod:`validation.suites` is a plain function that composes only public functions
+(``slt_ppl.localize / sample / llc / compare`` and ``models.*``) and returns an ``xr.Dataset`` whose
+attrs carry the suite's pass/fail verdict; :mod:`validation.report` writes Markdown, PNG and NetCDF;
+:func:`validation.cli.main_validate` is the ``slt-ppl validate`` command.
+"""
