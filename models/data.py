@@ -77,7 +77,7 @@ def make_dln(
 
 
 def make_rrr(m: int = 3, h: int = 2, n_out: int = 3, rank: int = 1, **kwargs: Any) -> Problem:
-    """Reduced-rank regression y = B·A·x: a DLN of widths (M, H, N); λ of Aoyagi & Watanabe (2005)."""
+    """Reduced-rank regression y = B·A·x: a DLN of widths (M, H, N); λ of Aoyagi & Watanabe 2005."""
     problem = make_dln([m, h, n_out], rank, **kwargs)
     lam = theory.reduced_rank_regression(m, h, n_out, rank)
     assert lam == problem.theory_lambda  # the two formulas agree on three widths (reference §4)
@@ -120,8 +120,8 @@ def make_normal_crossing(
 
 
 def relu_weights(widths: list[int], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random teacher weights of a ReLU MLP: ``w{l}`` of shape (H_{l+1}, H_l) with N(0, 2/H_l) entries
-    (He initialization) and biases ``b{l}`` with N(0, 0.1²) entries."""
+    """Random teacher weights of a ReLU MLP: ``w{l}`` of shape (H_{l+1}, H_l) with N(0, 2/H_l)
+    entries (He initialization) and biases ``b{l}`` with N(0, 0.1²) entries."""
     out: dict[str, np.ndarray] = {}
     for i in range(len(widths) - 1):
         out[f"w{i}"] = rng.normal(0.0, np.sqrt(2.0 / widths[i]), size=(widths[i + 1], widths[i]))

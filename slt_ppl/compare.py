@@ -1,9 +1,9 @@
-"""``slt_ppl.compare``: one localized posterior through several kernels, checked against a reference.
+"""``slt_ppl.compare``: one localized posterior through several kernels, checked against one.
 
 Every kernel samples the same p(w; w*, β, γ) ∝ exp(−nβ·L_n(w) − γ/2‖w − w*‖²) (Lau et al. 2023), so
-their LLC estimates λ̂_k = nβ·(E[L_n(w)] − L_n(w*)) estimate the same number. A kernel agrees with the
-reference (by default full-batch MALA, which is exact up to Monte Carlo error, Roberts & Rosenthal 1998)
-when
+their LLC estimates λ̂_k = nβ·(E[L_n(w)] − L_n(w*)) estimate the same number. A kernel agrees with
+the reference (by default full-batch MALA, which is exact up to Monte Carlo error, Roberts &
+Rosenthal 1998) when
 
     |λ̂_k − λ̂_ref| ≤ z · √(se_k² + se_ref²),   z = 3,
 
@@ -47,20 +47,20 @@ def compare(
 
     Args:
         posterior: from :func:`slt_ppl.localize`.
-        kernels: kernel names or :class:`~slt_ppl.kernels.Kernel` objects (named by ``kernel.name``).
-        reference: the name of the kernel the others are checked against (must be in ``kernels``);
-            ``None`` skips the agreement check.
+        kernels: kernel names or :class:`~slt_ppl.kernels.Kernel` objects (named by
+        ``kernel.name``). reference: the name of the kernel the others are checked against (must be
+            in ``kernels``); ``None`` skips the agreement check.
         z: agreement threshold in combined standard errors (default 3).
         kernel_options: per-kernel ``kernel_options`` for :func:`slt_ppl.sample`, keyed by name.
         **sample_kwargs: passed to every :func:`slt_ppl.sample` call (``num_chains``, ``num_draws``,
             ``seed``, ``step_size``, ...). ``batch_size`` is dropped for full-batch kernels.
 
     Returns:
-        ``xr.Dataset`` with dim ``kernel`` and variables ``llc``, ``llc_se``, ``healthy``, ``verdict``,
-        ``rhat``, ``ess``, ``acceptance``, ``step_size``, ``wall_time_s`` (sampling plus estimation),
-        ``diverged`` (every chain diverged: the estimate is NaN), ``difference`` (λ̂ − λ̂_ref),
-        ``combined_se`` (√(se² + se_ref²)) and ``agrees_with_reference``; attrs record the posterior
-        (n, nβ, γ, d), the reference and z.
+        ``xr.Dataset`` with dim ``kernel`` and variables ``llc``, ``llc_se``, ``healthy``,
+        ``verdict``, ``rhat``, ``ess``, ``acceptance``, ``step_size``, ``wall_time_s`` (sampling
+        plus estimation), ``diverged`` (every chain diverged: the estimate is NaN), ``difference``
+        (λ̂ − λ̂_ref), ``combined_se`` (√(se² + se_ref²)) and ``agrees_with_reference``;
+        attrs record the posterior (n, nβ, γ, d), the reference and z.
     """
     names = [_kernel_name(k) for k in kernels]
     if not names:

@@ -15,14 +15,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="slt-ppl validate",
-        description="Run the validation suites (estimates vs theory and vs MALA) and write a report "
-        "(Markdown, PNG plots, NetCDF of every number).",
+        description="Run the validation suites (estimates vs theory and vs MALA) and write "
+        "a report (Markdown, PNG plots, NetCDF of every number).",
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                      help="small cases, under five minutes on two CPU cores (default)")  # fmt: skip
-    mode.add_argument("--full", dest="mode", action="store_const", const="full",
-                      help="the full sweeps (1k and 10k DLNs, n up to 1e5; 100k DLNs on a GPU)")  # fmt: skip
+    mode.add_argument(
+        "--quick",
+        dest="mode",
+        action="store_const",
+        const="quick",
+        help="small cases, under five minutes on two CPU cores (default)",
+    )
+    mode.add_argument(
+        "--full",
+        dest="mode",
+        action="store_const",
+        const="full",
+        help="full sweeps (1k/10k DLNs, n up to 1e5; 100k DLNs on a GPU)",
+    )
     parser.set_defaults(mode="quick")
     parser.add_argument("--out", default="validation_report", help="output directory")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

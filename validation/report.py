@@ -157,7 +157,8 @@ TABLES = {
 
 def _mala_table(ds: xr.Dataset) -> str:
     lines = [
-        "| n | λ̂ SGLD | se | λ̂ MALA | se | |Δ|/combined se | agrees | time SGLD [s] | time MALA [s] |",
+        "| n | λ̂ SGLD | se | λ̂ MALA | se | |Δ|/combined se | agrees | SGLD time [s] "
+        "| MALA time [s] |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for n in ds["n"].values:
@@ -193,7 +194,7 @@ def write_report(
     mode: str = "quick",
     total_s: float | None = None,
 ) -> Path:
-    """Write ``report.md``, ``<suite>.png`` and ``validation.nc`` into ``out``; returns the report path."""
+    """Write ``report.md``, ``<suite>.png`` and ``validation.nc`` into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# slt_ppl validation report ({mode})", ""]
@@ -206,7 +207,8 @@ def write_report(
                      f"{ds.attrs['wall_time_s']:.0f} |")  # fmt: skip
     for name, ds in results.items():
         lines += ["", f"## {ds.attrs['title']}", "", f"Criterion: {ds.attrs['criterion']}. "
-                  f"Result: **{'PASS' if ds.attrs['passed'] else 'FAIL'}** — {ds.attrs['summary']}.",
+                  f"Result: **{'PASS' if ds.attrs['passed'] else 'FAIL'}**: "
+                  f"{ds.attrs['summary']}.",
                   "", f"Settings: `{ds.attrs['settings']}`", ""]  # fmt: skip
         if name == "sgld_vs_mala":
             lines.append(_mala_table(ds))

@@ -5,13 +5,14 @@ compare``, ``models.*``) and returns an ``xr.Dataset`` whose attrs hold ``suite`
 Modes: ``"quick"`` (CI, under five minutes on two CPU cores for all suites together) and ``"full"``.
 
 Sources: Lau, Furman, Wang, Murfet, Wei 2023 (arXiv 2308.12108) for the estimator
-λ̂(w*) = nβ·(E_{p(w;w*,β,γ)}[L_n(w)] − L_n(w*)); Furman & Lau 2024 (arXiv 2402.03698) for the DLN sweep
-(App. E.1), SGLD vs MALA (Section 4.1), rescaling invariance (Section 4.3) and LLC along training
-(App. E.2); Aoyagi 2024 / Aoyagi & Watanabe 2005 for the closed forms (``models.theory``).
+λ̂(w*) = nβ·(E_{p(w;w*,β,γ)}[L_n(w)] − L_n(w*)); Furman & Lau 2024 (arXiv 2402.03698) for the DLN
+sweep (App. E.1), SGLD vs MALA (Section 4.1), rescaling invariance (Section 4.3) and LLC along
+training (App. E.2); Aoyagi 2024 / Aoyagi & Watanabe 2005 for the closed forms (``models.theory``).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -30,7 +31,7 @@ from models import theory
 
 MODES = ("quick", "full")
 
-# Pass criteria of the issue (the tests assert the same numbers; see tests/test_validation_quick.py).
+# Pass criteria of the issue (tests/test_validation_quick.py asserts the same numbers).
 DLN_MEDIAN_REL_ERR = 0.10
 DLN_MAX_REL_ERR = 0.25
 AGREEMENT_Z = 3.0
@@ -92,9 +93,9 @@ def _finish(ds: xr.Dataset, suite: str, title: str, criterion: str, passed: bool
     return ds
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # 1. DLN accuracy sweep (Furman & Lau 2024, App. E.1) and the auto step size check
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 DLN_CLASSES = {"quick": {"100": 2, "1k": 3}, "full": {"1k": 8, "10k": 8}}
 DLN_TARGETS = {"100": 100, "1k": 1_000, "10k": 10_000, "100k": 100_000}
@@ -118,7 +119,7 @@ def hand_step_size(problem: zoo_data.Problem) -> float:
     accurate when ε·h ≪ 1 for the largest curvature h of nβ·L_n; for a DLN with x ~ U[−10, 10]
     (E[x²] = 100/3) and weights of order one, h ≈ nβ·(100/3)·Π_l ‖W_l‖²/‖W_i‖² ≤ nβ·(100/3)·Π‖W_l‖²
     over the layers. We take ε = 0.05/(nβ·(100/3)·Π_{l≠top}‖W_l‖₂²) with ‖·‖₂ the spectral norm
-    (product over all but the largest factor), the rule Furman & Lau's per-size-class choices follow."""
+    (product over all but the largest factor)."""
     n = problem.settings["n"]
     nbeta = n / math.log(n)
     norms = sorted(float(np.linalg.norm(w, 2)) ** 2 for w in problem.center.values())
@@ -136,10 +137,11 @@ def dln_sweep(
 ) -> xr.Dataset:
     """λ̂ at the true parameter of random DLNs vs Aoyagi's λ (``models.theory.deep_linear_network``).
 
-    Data as in Furman & Lau (2024, App. E.1): x ~ U[−10, 10]^{H_0}, y = W_M⋯W_1·x + N(0, 1), centered at
-    the true weights, default γ and nβ = n/log n. Each DLN is sampled twice with SGLD: with the automatic
-    step size (``step_size="auto"``) and with a hand-tuned ε (:func:`hand_step_size`), so the same table
-    checks the tuner. Pass: median relative error ≤ 10 % and none above 25 % (for the auto ε).
+    Data as in Furman & Lau (2024, App. E.1): x ~ U[−10, 10]^{H_0}, y = W_M⋯W_1·x + N(0, 1),
+    centered at the true weights, default γ and nβ = n/log n. Each DLN is sampled twice with SGLD:
+    with the automatic step size (``step_size="auto"``) and with a hand-tuned ε
+    (:func:`hand_step_size`), so the same table checks the tuner. Pass: median relative error
+    ≤ 10 % and none above 25 % (for the auto ε).
     """
     _check_mode(mode)
     t0 = time.perf_counter()
@@ -203,9 +205,9 @@ def dln_sweep(
     )  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # 2. SGLD vs MALA on a ReLU network (Furman & Lau 2024, Section 4.1)
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 RELU_WIDTHS = (10, 20, 20, 10)
 
@@ -217,10 +219,11 @@ def sgld_vs_mala(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> xr.Dataset:
-    """SGLD (batch 32) vs full-batch MALA on the same localized tempered posterior of a two-hidden-layer
-    ReLU network (10 inputs, 20-20 hidden, 10 outputs; d = 850) with realizable data from a random
-    teacher, n swept over {100, 1000, 10000} (quick) or {100, …, 100000} (full). Both at nβ = n/log n and
-    the default γ. Pass: |λ̂_SGLD − λ̂_MALA| ≤ 3·√(se² + se_ref²) at every n (``slt_ppl.compare``).
+    """SGLD (batch 32) vs full-batch MALA on the same localized tempered posterior of a
+    two-hidden-layer ReLU network (10 inputs, 20-20 hidden, 10 outputs; d = 850) with realizable
+    data from a random teacher, n swept over {100, 1000, 10000} (quick) or {100, …, 100000} (full).
+    Both at nβ = n/log n and the default γ. Pass: |λ̂_SGLD − λ̂_MALA| ≤ 3·√(se² + se_ref²)
+    at every n (``slt_ppl.compare``).
     """
     _check_mode(mode)
     t0 = time.perf_counter()
@@ -231,15 +234,18 @@ def sgld_vs_mala(
         model, problem = zoo.relu_mlp(widths=RELU_WIDTHS, n=n, seed=seed)
         post = slt_ppl.localize(model, problem.data, problem.center)
         ds = slt_ppl.compare(post, kernels=("sgld", "mala"), reference="mala", batch_size=32,
-                             num_chains=4, num_draws=num_draws, seed=seed, progress=progress)  # fmt: skip
+                             num_chains=4, num_draws=num_draws, seed=seed,
+                             progress=progress)  # fmt: skip
         ds = ds.drop_vars("verdict").expand_dims(n=[n])
         ds["gamma"] = ("n", [post.gamma])
         parts.append(ds)
         if log:
             s, m = ds.sel(n=n, kernel="sgld"), ds.sel(n=n, kernel="mala")
-            log(f"  relu n={n}: SGLD {float(s.llc):.2f} ± {float(s.llc_se):.2f} "
+            log(
+                f"  relu n={n}: SGLD {float(s.llc):.2f} ± {float(s.llc_se):.2f} "
                 f"({float(s.wall_time_s):.1f} s), MALA {float(m.llc):.2f} ± {float(m.llc_se):.2f} "
-                f"({float(m.wall_time_s):.1f} s), agree: {bool(s.agrees_with_reference)}")  # fmt: skip
+                f"({float(m.wall_time_s):.1f} s), agree: {bool(s.agrees_with_reference)}"
+            )
     ds = xr.concat(parts, dim="n", coords="minimal", compat="override", combine_attrs="drop")
     agree = ds["agrees_with_reference"].sel(kernel="sgld").values.astype(bool)
     z = (np.abs(ds["difference"]) / ds["combined_se"]).sel(kernel="sgld").values
@@ -254,9 +260,9 @@ def sgld_vs_mala(
     )  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # 3. Closed forms: reduced-rank regression grid and normal crossings
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 RRR_GRID = {
     "quick": [(3, 2, 3, 1), (4, 3, 5, 2), (5, 5, 5, 0)],
@@ -264,11 +270,12 @@ RRR_GRID = {
              (4, 6, 4, 2), (10, 3, 10, 2)],
 }  # fmt: skip
 CROSSINGS = [(1, 2), (1, 1), (1, 3)]
-# γ for the crossing regressions. The default (unit-information) γ is β·max(1, h̄) ≈ 1/log n here, far
-# weaker than the loss along the axes, and the SGLD chains wander into the valleys w_i → ∞ (whose walls
-# sharpen like w^{2p}) and diverge. A γ of 1 confines them within about one unit of w* = 0, where the
-# crossing lives; the price is a small localization bias downward (reference section 6 measured 0.19 for
-# λ = 1/4 at γ = 1, 0.24 at γ = 0.1), which the 20 % tolerance of this suite covers.
+# γ for the crossing regressions. The default (unit-information) γ is β·max(1, h̄) ≈ 1/log n here,
+# far weaker than the loss along the axes, and the SGLD chains wander into the valleys w_i → ∞
+# (whose walls sharpen like w^{2p}) and diverge. A γ of 1 confines them within about one unit of w*
+# = 0, where the crossing lives; the price is a small localization bias downward (reference section
+# 6 measured 0.19 for λ = 1/4 at γ = 1, 0.24 at γ = 0.1), which the 20 % tolerance of this
+# suite covers.
 CROSSING_GAMMA = 1.0
 CROSSING_STEP = 1e-3
 
@@ -281,9 +288,9 @@ def closed_forms(
     log: Callable[[str], None] | None = None,
 ) -> xr.Dataset:
     """λ̂ vs closed forms: reduced-rank regression y = B·A·x (Aoyagi & Watanabe 2005) at the true
-    parameter, and normal-crossing regressions y = x·Π w_i^{p_i} + noise at w* = 0, λ = 1/(2·max p_i)
-    (1/4, 1/2, 1/6), sampled at γ = ``CROSSING_GAMMA`` with a fixed ε = ``CROSSING_STEP`` (see the
-    comment at those constants). Pass: every |λ̂ − λ|/λ ≤ 20 %."""
+    parameter, and normal-crossing regressions y = x·Π w_i^{p_i} + noise at w* = 0, λ = 1/(2·max
+    p_i) (1/4, 1/2, 1/6), sampled at γ = ``CROSSING_GAMMA`` with a fixed ε = ``CROSSING_STEP`` (see
+    the comment at those constants). Pass: every |λ̂ − λ|/λ ≤ 20 %."""
     _check_mode(mode)
     t0 = time.perf_counter()
     num_draws = 2_000 if mode == "quick" else 10_000
@@ -316,15 +323,16 @@ def closed_forms(
         ds, "closed_forms", "Closed forms: reduced-rank regression and normal crossings",
         f"every |λ̂−λ|/λ ≤ {CLOSED_FORM_REL_ERR:.0%}", ok,
         f"max |rel err| {err.max():.1%}, median {np.median(err):.1%}",
-        {"mode": mode, "num_draws": num_draws, "num_chains": 4, "rrr_n": 10_000, "crossing_n": 5_000,
-         "crossing_gamma": CROSSING_GAMMA, "crossing_step_size": CROSSING_STEP, "seed": seed},
+        {"mode": mode, "num_draws": num_draws, "num_chains": 4, "rrr_n": 10_000, "crossing_n":
+         5_000, "crossing_gamma": CROSSING_GAMMA, "crossing_step_size": CROSSING_STEP,
+         "seed": seed},
         time.perf_counter() - t0,
     )  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # 4. Rescaling invariance (Furman & Lau 2024, Section 4.3)
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 RESCALE_WIDTHS = (10, 20, 20, 10)
 
@@ -332,10 +340,11 @@ RESCALE_WIDTHS = (10, 20, 20, 10)
 def rescaling_scale_vector(post: Any, alpha: float) -> np.ndarray:
     """The diagonal G matching the rescaling (W1, b1, W2) → (α·W1, α·b1, W2/α).
 
-    In the rescaled coordinates u = α·w (first layer) the potential satisfies ∇_u U = ∇_w U/α, so plain
-    SGLD in w, w ← w − (ε/2)∇_w U + √ε ξ, reads u ← u − (ε/2)·α²·∇_u U + √(ε·α²) ξ: preconditioned SGLD
-    with G = α². Likewise G = 1/α² on the second layer's weights (v = w/α), and 1 elsewhere. With this G
-    the chain in the rescaled coordinates is the image of the unscaled chain, so λ̂ cannot move.
+    In the rescaled coordinates u = α·w (first layer) the potential satisfies ∇_u U = ∇_w U/α, so
+    plain SGLD in w, w ← w − (ε/2)∇_w U + √ε ξ, reads u ← u − (ε/2)·α²·∇_u U + √(ε·α²) ξ:
+    preconditioned SGLD with G = α². Likewise G = 1/α² on the second layer's weights (v = w/α), and
+    1 elsewhere. With this G the chain in the rescaled coordinates is the image of the unscaled
+    chain, so λ̂ cannot move.
     """
     index = post.unravel(np.arange(post.dim, dtype=np.float32))
     scale = np.ones(post.dim)
@@ -352,14 +361,15 @@ def rescaling(
     log: Callable[[str], None] | None = None,
 ) -> xr.Dataset:
     """λ̂ of a ReLU network (10-20-20-10, realizable teacher, n = 1000) at the teacher rescaled as
-    W1 → α·W1, b1 → α·b1, W2 → W2/α (the function is unchanged, ReLU being positively homogeneous, so
-    the LLC is too), α over eight orders of magnitude, sampled by SGLD with the matching diagonal
+    W1 → α·W1, b1 → α·b1, W2 → W2/α (the function is unchanged, ReLU being positively homogeneous,
+    so the LLC is too), α over eight orders of magnitude, sampled by SGLD with the matching diagonal
     preconditioner (:func:`rescaling_scale_vector`) and one ε, the one the tuner picks at α = 1.
 
-    γ = 0 here: an isotropic Gaussian localization γ/2‖w − w*‖² is itself not rescaling-invariant (in the
-    unscaled coordinates it becomes γα²/2 on the first layer and γ/(2α²) on the second), so any γ > 0
-    would move λ̂ for a reason that has nothing to do with the sampler; the loss alone confines these
-    short chains. Pass: (max − min)/mean of λ̂ ≤ 10 %.
+    γ = 0 here: an isotropic Gaussian localization γ/2‖w − w*‖² is itself not rescaling-invariant
+    (in the unscaled coordinates it becomes γα²/2 on the first layer and γ/(2α²) on the second),
+    so any γ > 0
+    would move λ̂ for a reason that has nothing to do with the sampler; the loss alone confines
+    these short chains. Pass: (max − min)/mean of λ̂ ≤ 10 %.
     """
     _check_mode(mode)
     t0 = time.perf_counter()
@@ -400,9 +410,9 @@ def rescaling(
     )  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # 5. LLC along training (Furman & Lau 2024, App. E.2)
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 TRAIN_WIDTHS = (6, 6, 6, 6)
 TEACHER_SINGULAR_VALUES = (8.0, 4.0, 2.0, 1.0)
@@ -431,20 +441,20 @@ def llc_along_training(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> xr.Dataset:
-    """Train a DLN (widths 6-6-6-6) by full-batch gradient descent (optax) from a small initialization
-    (scale 1e-3: the saddle-to-saddle regime, Jacot et al. 2021; Furman & Lau 2024, App. E.2) on a
-    teacher with singular values 8, 4, 2, 1, and estimate λ̂ at checkpoints (center = the checkpoint's
-    weights, default γ). The loss falls in steps as the end-to-end matrix gains one singular value at a
-    time; λ̂ should jump with each rank increase, towards Aoyagi's λ for that rank (reported alongside).
-    Pass: λ̂ is non-decreasing in the effective rank (within 3 se) and the final λ̂ is within 20 % of
-    Aoyagi's λ at the teacher's rank.
+    """Train a DLN (widths 6-6-6-6) by full-batch gradient descent (optax) from a small
+    initialization (scale 1e-3: the saddle-to-saddle regime, Jacot et al. 2021; Furman & Lau 2024,
+    App. E.2) on a teacher with singular values 8, 4, 2, 1, and estimate λ̂ at checkpoints (center =
+    the checkpoint's weights, default γ). The loss falls in steps as the end-to-end matrix gains one
+    singular value at a time; λ̂ should jump with each rank increase, towards Aoyagi's λ for that
+    rank (reported alongside). Pass: λ̂ is non-decreasing in the effective rank (within 3 se) and
+    the final λ̂ is within 20 % of Aoyagi's λ at the teacher's rank.
     """
     import optax
 
     _check_mode(mode)
     t0 = time.perf_counter()
     n = 5_000
-    data, teacher = _teacher_dln(TRAIN_WIDTHS, TEACHER_SINGULAR_VALUES, n, seed)
+    data, _ = _teacher_dln(TRAIN_WIDTHS, TEACHER_SINGULAR_VALUES, n, seed)
     model = zoo.dln_model
     depth = len(TRAIN_WIDTHS) - 1
     rng = np.random.default_rng(seed + 1)
@@ -518,8 +528,7 @@ def llc_along_training(
     llcs, ses = ds["llc"].values, ds["llc_se"].values
     order = np.argsort(ds["effective_rank"].values, kind="stable")
     monotone = all(
-        llcs[b] + 3 * ses[b] >= llcs[a] - 3 * ses[a]
-        for a, b in zip(order[:-1], order[1:], strict=True)
+        llcs[b] + 3 * ses[b] >= llcs[a] - 3 * ses[a] for a, b in itertools.pairwise(order)
     )
     final_err = abs(llcs[-1] - ds["theory_at_rank"].values[-1]) / ds["theory_at_rank"].values[-1]
     ds.attrs["final_rel_err"] = float(final_err)
@@ -537,7 +546,7 @@ def llc_along_training(
 
 
 def model_with_widths(model: Callable[..., Any], widths: tuple[int, ...]) -> Callable[..., Any]:
-    """``model`` with the ``widths`` keyword bound (a named function, so results record its name)."""
+    """``model`` with the ``widths`` keyword bound."""
     from functools import partial
 
     return partial(model, widths=tuple(widths))
