@@ -104,27 +104,44 @@ DLN_TARGETS = {"100": 100, "1k": 1_000, "10k": 10_000, "100k": 100_000}
 def random_dln(target: int, rng: np.random.Generator) -> tuple[list[int], int]:
     """A random DLN of about ``target`` parameters (Furman & Lau 2024, App. E.1): M ∈ {2..5} layers,
     widths uniform in [w/2, 3w/2] with w = √(target/M), and the true product rank r equal to
-    min(widths) with probability 1/2, else uniform in {0, …, min(widths) − 1}."""
+    min(widths) with probability 1/2, else uniform in {1, …, min(widths) − 1}.
+
+    r = 0 is left out on purpose: ``models.data.dln_weights`` then zeroes only the first layer
+    and keeps the others at full rank, a point of the true set where the *local* λ exceeds
+    Aoyagi's global one (reference section 4: RRR M = N = H = 2, r = 0 has global 3/2 but
+    local 2 at (A, B) = (I, 0)).
+    Measured: widths 5-5-3-3-2-2 at r = 0 gave λ̂ = 4.57 for the global λ = 2."""
     depth = int(rng.integers(2, 6))
     base = math.sqrt(target / depth)
     lo, hi = max(2, round(0.5 * base)), max(3, round(1.5 * base))
     widths = [int(w) for w in rng.integers(lo, hi + 1, size=depth + 1)]
     full = min(widths)
-    rank = full if rng.random() < 0.5 else int(rng.integers(0, full))
+    rank = full if rng.random() < 0.5 or full == 1 else int(rng.integers(1, full))
     return widths, rank
 
 
 def hand_step_size(problem: zoo_data.Problem) -> float:
-    """A hand-tuned ε for a DLN, the way one would pick it without the tuner: the Langevin step is
-    accurate when ε·h ≪ 1 for the largest curvature h of nβ·L_n; for a DLN with x ~ U[−10, 10]
-    (E[x²] = 100/3) and weights of order one, h ≈ nβ·(100/3)·Π_l ‖W_l‖²/‖W_i‖² ≤ nβ·(100/3)·Π‖W_l‖²
-    over the layers. We take ε = 0.05/(nβ·(100/3)·Π_{l≠top}‖W_l‖₂²) with ‖·‖₂ the spectral norm
-    (product over all but the largest factor)."""
+    """A hand-tuned ε for a DLN, derived on paper the way one would without the tuner.
+
+    The Langevin step is accurate when ε·h ≪ 1 for the largest curvature h of nβ·L_n at w*. At a
+    realizable minimum the Hessian is the Gauss–Newton matrix; for f(x) = W_M⋯W_1·x with
+    x ~ U[−10, 10] (E[x xᵀ] = (100/3)·I) and unit noise, its block for layer i is
+    (100/3)·(A_i A_iᵀ) ⊗ (B_iᵀ B_i) with A_i = W_{i−1}⋯W_1, B_i = W_M⋯W_{i+1}, whose top eigenvalue
+    is (100/3)·‖A_i‖₂²·‖B_i‖₂². We take h = nβ·max_i of that and ε = 0.1/h.
+    """
     n = problem.settings["n"]
     nbeta = n / math.log(n)
-    norms = sorted(float(np.linalg.norm(w, 2)) ** 2 for w in problem.center.values())
-    scale = float(np.prod(norms[:-1])) if len(norms) > 1 else 1.0
-    return 0.05 / (nbeta * (100.0 / 3.0) * max(scale, 1e-3))
+    ws = [np.asarray(problem.center[f"w{i}"], np.float64) for i in range(len(problem.center))]
+    tops = []
+    for i in range(len(ws)):
+        a = np.eye(ws[0].shape[1])
+        for w in ws[:i]:
+            a = w @ a
+        b = np.eye(ws[-1].shape[0])
+        for w in reversed(ws[i + 1 :]):
+            b = b @ w
+        tops.append(np.linalg.norm(a, 2) ** 2 * np.linalg.norm(b, 2) ** 2)
+    return 0.1 / (nbeta * (100.0 / 3.0) * max(max(tops), 1e-12))
 
 
 def dln_sweep(
