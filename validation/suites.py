@@ -434,6 +434,8 @@ def rescaling(
 TRAIN_WIDTHS = (6, 6, 6, 6)
 TEACHER_SINGULAR_VALUES = (8.0, 4.0, 2.0, 1.0)
 RANK_THRESHOLD = 0.5
+INIT_SCALE = 1e-2
+LEARNING_RATE = 0.01
 
 
 def _teacher_dln(widths: tuple[int, ...], singular: tuple[float, ...], n: int, seed: int
@@ -459,7 +461,7 @@ def llc_along_training(
     log: Callable[[str], None] | None = None,
 ) -> xr.Dataset:
     """Train a DLN (widths 6-6-6-6) by full-batch gradient descent (optax) from a small
-    initialization (scale 1e-3: the saddle-to-saddle regime, Jacot et al. 2021; Furman & Lau 2024,
+    initialization (scale 1e-2: the saddle-to-saddle regime, Jacot et al. 2021; Furman & Lau 2024,
     App. E.2) on a teacher with singular values 8, 4, 2, 1, and estimate λ̂ at checkpoints (center =
     the checkpoint's weights, default γ). The loss falls in steps as the end-to-end matrix gains one
     singular value at a time; λ̂ should jump with each rank increase, towards Aoyagi's λ for that
@@ -475,7 +477,7 @@ def llc_along_training(
     model = zoo.dln_model
     depth = len(TRAIN_WIDTHS) - 1
     rng = np.random.default_rng(seed + 1)
-    params = {f"w{i}": 1e-3 * rng.normal(size=(TRAIN_WIDTHS[i + 1], TRAIN_WIDTHS[i]))
+    params = {f"w{i}": INIT_SCALE * rng.normal(size=(TRAIN_WIDTHS[i + 1], TRAIN_WIDTHS[i]))
               for i in range(depth)}  # fmt: skip
     params = jax.tree.map(lambda a: jax.numpy.asarray(a, jax.numpy.float32), params)
     x, y = jax.numpy.asarray(data["x"]), jax.numpy.asarray(data["y"])
@@ -486,7 +488,7 @@ def llc_along_training(
             f = f @ p[f"w{i}"].T
         return 0.5 * jax.numpy.mean(jax.numpy.sum((y - f) ** 2, axis=1))
 
-    opt = optax.sgd(0.02)
+    opt = optax.sgd(LEARNING_RATE)
     state = opt.init(params)
 
     @jax.jit
@@ -506,7 +508,7 @@ def llc_along_training(
             m = np.asarray(p[f"w{i}"]) @ m
         return m
 
-    total_blocks = 80  # 80 × 50 = 4000 gradient steps
+    total_blocks = 180  # 180 × 50 = 9000 gradient steps
     history = []
     snapshots = []
     for block in range(total_blocks):
@@ -556,8 +558,9 @@ def llc_along_training(
         f"ranks {list(ds['effective_rank'].values)} → λ̂ {[round(float(v), 2) for v in llcs]}; "
         f"final rel err {final_err:.1%}",
         {"mode": mode, "widths": list(TRAIN_WIDTHS), "teacher_singular_values":
-         list(TEACHER_SINGULAR_VALUES), "n": n, "init_scale": 1e-3, "lr": 0.02, "steps":
-         total_blocks * 50, "rank_threshold": RANK_THRESHOLD, "num_draws": num_draws, "seed": seed},
+         list(TEACHER_SINGULAR_VALUES), "n": n, "init_scale": INIT_SCALE, "lr": LEARNING_RATE,
+         "steps": total_blocks * 50, "rank_threshold": RANK_THRESHOLD, "num_draws": num_draws,
+         "seed": seed},
         time.perf_counter() - t0,
     )  # fmt: skip
 
