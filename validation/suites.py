@@ -287,13 +287,18 @@ RRR_GRID = {
              (4, 6, 4, 2), (10, 3, 10, 2)],
 }  # fmt: skip
 CROSSINGS = [(1, 2), (1, 1), (1, 3)]
-# γ for the crossing regressions. The default (unit-information) γ is β·max(1, h̄) ≈ 1/log n here,
-# far weaker than the loss along the axes, and the SGLD chains wander into the valleys w_i → ∞
-# (whose walls sharpen like w^{2p}) and diverge. A γ of 1 confines them within about one unit of w*
-# = 0, where the crossing lives; the price is a small localization bias downward (reference section
-# 6 measured 0.19 for λ = 1/4 at γ = 1, 0.24 at γ = 0.1), which the 20 % tolerance of this
-# suite covers.
-CROSSING_GAMMA = 1.0
+# γ for the crossing regressions (n = 5000, w* = 0, ε = 1e-3 fixed, 40k steps, 4 chains; measured
+# λ̂ for λ = 1/4, 1/2, 1/6):
+#   default γ = β·max(1, h̄) ≈ 0.12 with the auto ε: chains wander along the valleys w_i → ∞, whose
+#     walls sharpen like w^{2p}, and diverge (2 of 4 chains on w1²w2⁴);
+#   γ = 0.1: 0.247, 0.67 ± 0.11, –   (the valleys of w1²w2² are barely confined: noisy, high);
+#   γ = 0.3: 0.238, 0.60 ± 0.09, 0.138;
+#   γ = 1:   0.196, 0.475, –         (localization bias downward, reference section 6).
+# The bias of γ is downward and grows with the flatness (larger powers); the multiplicity m = 2 of
+# w1²w2² adds a finite-n upward bias (the (m − 1)·log log n term of the free energy).
+# γ = 0.3 balances
+# the two; the suite's 20 % tolerance is sized for these measured biases, not for Monte Carlo error.
+CROSSING_GAMMA = 0.3
 CROSSING_STEP = 1e-3
 
 
@@ -324,7 +329,7 @@ def closed_forms(
         model, problem = zoo.normal_crossing(powers=powers, n=5_000, seed=seed)
         post = slt_ppl.localize(model, problem.data, problem.center, gamma=CROSSING_GAMMA)
         out = _estimate(post, kernel="sgld", step_size=CROSSING_STEP, num_chains=4,
-                        num_draws=num_draws, thin=4, seed=seed, progress=progress)  # fmt: skip
+                        num_draws=5 * num_draws, thin=4, seed=seed, progress=progress)  # fmt: skip
         rows.append({"family": "crossing", "theory": float(problem.theory_lambda),
                      "gamma": post.gamma, "dim": problem.dim, **out})  # fmt: skip
         names.append("crossing " + "·".join(f"w{i + 1}^{2 * p}" for i, p in enumerate(powers)))
