@@ -97,7 +97,7 @@ def _finish(ds: xr.Dataset, suite: str, title: str, criterion: str, passed: bool
 # 1. DLN accuracy sweep (Furman & Lau 2024, App. E.1) and the auto step size check
 # ------------------------------------------------------------------------------------------------
 
-DLN_CLASSES = {"quick": {"100": 2, "1k": 3}, "full": {"1k": 8, "10k": 8}}
+DLN_CLASSES = {"quick": {"100": 2, "1k": 2}, "full": {"1k": 8, "10k": 8}}
 DLN_TARGETS = {"100": 100, "1k": 1_000, "10k": 10_000, "100k": 100_000}
 
 
