@@ -127,7 +127,6 @@ def _plot_training(ds: xr.Dataset, path: Path) -> None:
         ax2.annotate(f"rank {int(r)}", (s, 0), textcoords="offset points", xytext=(0, 5),
                      fontsize=8, ha="center")  # fmt: skip
     ax2.set_ylabel("λ̂")
-    ax2.set_ylim(bottom=0)
     lines = ax1.get_legend_handles_labels()
     more = ax2.get_legend_handles_labels()
     ax1.legend(lines[0] + more[0], lines[1] + more[1], loc="center right", fontsize=8)
