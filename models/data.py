@@ -77,7 +77,7 @@ def make_dln(
 
 
 def make_rrr(m: int = 3, h: int = 2, n_out: int = 3, rank: int = 1, **kwargs: Any) -> Problem:
-    """Reduced-rank regression y = B·A·x: a DLN of widths (M, H, N); λ of Aoyagi & Watanabe (2005)."""
+    """Reduced-rank regression y = B·A·x: a DLN of widths (M, H, N); λ of Aoyagi & Watanabe 2005."""
     problem = make_dln([m, h, n_out], rank, **kwargs)
     lam = theory.reduced_rank_regression(m, h, n_out, rank)
     assert lam == problem.theory_lambda  # the two formulas agree on three widths (reference §4)
@@ -116,4 +116,47 @@ def make_normal_crossing(
         center={"w": np.zeros(len(powers), np.float32)},
         theory_lambda=theory.normal_crossing(powers),
         settings={"powers": list(powers), "n": n, "seed": seed, "noise": noise},
+    )
+
+
+def relu_weights(widths: list[int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random teacher weights of a ReLU MLP: ``w{l}`` of shape (H_{l+1}, H_l) with N(0, 2/H_l)
+    entries (He initialization) and biases ``b{l}`` with N(0, 0.1²) entries."""
+    out: dict[str, np.ndarray] = {}
+    for i in range(len(widths) - 1):
+        out[f"w{i}"] = rng.normal(0.0, np.sqrt(2.0 / widths[i]), size=(widths[i + 1], widths[i]))
+        out[f"b{i}"] = rng.normal(0.0, 0.1, size=widths[i + 1])
+    return out
+
+
+def relu_forward(params: dict[str, Any], x: Any, depth: int, xp: Any = np) -> Any:
+    """f(x) = W_M·relu(⋯relu(W_1·x + b_1)⋯) + b_M (``xp`` is numpy or jax.numpy)."""
+    f = x
+    for i in range(depth):
+        f = f @ params[f"w{i}"].T + params[f"b{i}"]
+        if i < depth - 1:
+            f = xp.maximum(f, 0.0)
+    return f
+
+
+def make_relu_regression(
+    widths: tuple[int, ...] = (10, 20, 20, 10),
+    n: int = 10_000,
+    seed: int = 0,
+    noise: float = 1.0,
+) -> Problem:
+    """Realizable regression with a ReLU network (Furman & Lau 2024, Section 4.1): x ~ N(0, I),
+    y = f(x; w₀) + N(0, noise²) with w₀ a random teacher of the same architecture; centered at w₀.
+    No closed-form λ is known (theory_lambda None); SGLD is checked against MALA instead."""
+    widths = list(widths)
+    rng = np.random.default_rng(seed)
+    params = relu_weights(widths, rng)
+    x = rng.normal(size=(n, widths[0]))
+    y = relu_forward(params, x, len(widths) - 1) + noise * rng.normal(size=(n, widths[-1]))
+    return Problem(
+        name=f"relu_{'x'.join(map(str, widths))}",
+        data={"x": x.astype(np.float32), "y": y.astype(np.float32)},
+        center={k: v.astype(np.float32) for k, v in params.items()},
+        theory_lambda=None,
+        settings={"widths": widths, "n": n, "seed": seed, "noise": noise},
     )

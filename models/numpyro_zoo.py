@@ -46,6 +46,25 @@ def normal_crossing_model(
         numpyro.sample("y", dist.Normal(x * coef, noise), obs=y)
 
 
+def relu_mlp_model(
+    x: jnp.ndarray, y: jnp.ndarray | None = None, *, widths: tuple[int, ...], noise: float = 1.0
+):
+    """ReLU MLP regression y ~ N(f(x), noise²), f(x) = W_M·relu(⋯relu(W_1·x + b_1)⋯) + b_M, with
+    standard normal priors on every weight ``w{l}`` (shape (H_{l+1}, H_l)) and bias ``b{l}``."""
+    f = x
+    depth = len(widths) - 1
+    for i in range(depth):
+        w = numpyro.sample(
+            f"w{i}", dist.Normal(0.0, 1.0).expand([widths[i + 1], widths[i]]).to_event(2)
+        )
+        b = numpyro.sample(f"b{i}", dist.Normal(0.0, 1.0).expand([widths[i + 1]]).to_event(1))
+        f = f @ w.T + b
+        if i < depth - 1:
+            f = jnp.maximum(f, 0.0)
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("y", dist.Normal(f, noise).to_event(1), obs=y)
+
+
 def dln(**kwargs: Any) -> tuple[Callable, Problem]:
     problem = zoo.make_dln(**kwargs)
     s = problem.settings
@@ -69,9 +88,16 @@ def normal_crossing(**kwargs: Any) -> tuple[Callable, Problem]:
     return partial(normal_crossing_model, powers=tuple(s["powers"]), noise=s["noise"]), problem
 
 
+def relu_mlp(**kwargs: Any) -> tuple[Callable, Problem]:
+    problem = zoo.make_relu_regression(**kwargs)
+    s = problem.settings
+    return partial(relu_mlp_model, widths=tuple(s["widths"]), noise=s["noise"]), problem
+
+
 PROBLEMS: dict[str, Callable[..., tuple[Callable, Problem]]] = {
     "dln": dln,
     "rrr": rrr,
     "linear_regression": linear_regression,
     "normal_crossing": normal_crossing,
+    "relu_mlp": relu_mlp,
 }

@@ -40,7 +40,8 @@ def deep_linear_network(widths: Sequence[int], r: int) -> tuple[Fraction, int]:
     (Aoyagi 2024; Theorem B.1 of Furman & Lau 2024, arXiv 2402.03698).
 
     Δ_s = H_s − r sorted ascending; Σ is the shortest prefix of length ℓ+1 (ℓ ≥ 1) with
-    (C1) max_Σ Δ < min_rest Δ, (C2) S = Σ_Σ Δ ≥ ℓ·max_Σ Δ, (C3) S < ℓ·min_rest Δ (min over nothing = ∞).
+    (C1) max_Σ Δ < min_rest Δ, (C2) S = Σ_Σ Δ ≥ ℓ·max_Σ Δ, (C3) S < ℓ·min_rest Δ
+    (min over nothing = ∞).
     With a = S − (⌈S/ℓ⌉ − 1)·ℓ:
         λ = [r(H_0 + H_M) − r²]/2 + [a(ℓ − a) + S²]/(4ℓ) − (1/4)·Σ_Σ Δ²,  m = a(ℓ − a) + 1.
     """

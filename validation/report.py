@@ -1,0 +1,238 @@
+"""Write the validation report: ``report.md`` (tables and verdicts), one PNG per suite, and
+``validation.nc`` (every number, one NetCDF group per suite) into an output directory.
+
+Usage: ``python -m validation.report --out DIR [--quick | --full]`` or ``slt-ppl validate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float | np.floating):
+        v = float(value)
+        if not np.isfinite(v):
+            return "nan"
+        return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.3e}"
+    return str(value)
+
+
+def table(ds: xr.Dataset, dim: str, columns: list[str]) -> str:
+    """A Markdown table of the variables ``columns`` (and coordinates) along ``dim``."""
+    cols = [c for c in columns if c in ds.variables]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for i in range(ds.sizes[dim]):
+        row = ds.isel({dim: i})
+        cells = []
+        for c in cols:
+            v = row[c].values
+            v = v.item() if np.ndim(v) == 0 else v
+            if c == "rel_err" and isinstance(v, float):
+                cells.append(f"{v:+.1%}")
+            else:
+                cells.append(_fmt(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plot_dln(ds: xr.Dataset, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for method, marker in (("auto", "o"), ("hand", "s")):
+        sel = ds.where(ds["step_method"] == method, drop=True)
+        if sel.sizes.get("run", 0) == 0:
+            continue
+        ax.errorbar(sel["theory"], sel["llc"], yerr=sel["llc_se"], fmt=marker, ms=5, capsize=2,
+                    label=f"SGLD, {method} ε", alpha=0.8)  # fmt: skip
+    lim = [0, 1.1 * float(max(ds["theory"].max(), np.nanmax(ds["llc"].values)))]
+    ax.plot(lim, lim, "k--", lw=1, label="λ̂ = λ")
+    ax.set(xlim=lim, ylim=lim, xlabel="Aoyagi's λ", ylabel="λ̂ at the true parameter",
+           title="Random DLNs: estimate vs theory")  # fmt: skip
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_mala(ds: xr.Dataset, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for kernel, marker in (("sgld", "o"), ("mala", "s")):
+        sel = ds.sel(kernel=kernel)
+        ax1.errorbar(sel["n"], sel["llc"], yerr=3 * sel["llc_se"], fmt=marker + "-", capsize=3,
+                     label=f"{kernel.upper()} (±3 se)")  # fmt: skip
+        ax2.plot(sel["n"], sel["wall_time_s"], marker + "-", label=kernel.upper())
+    ax1.set(xscale="log", xlabel="n", ylabel="λ̂", title="ReLU 10-20-20-10: SGLD (B=32) vs MALA")
+    ax2.set(xscale="log", yscale="log", xlabel="n", ylabel="wall time [s]", title="Cost")
+    ax1.legend()
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_closed(ds: xr.Dataset, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for family, marker in (("rrr", "o"), ("crossing", "^")):
+        sel = ds.where(ds["family"] == family, drop=True)
+        ax.errorbar(sel["theory"], sel["llc"], yerr=sel["llc_se"], fmt=marker, capsize=2,
+                    label=family)  # fmt: skip
+    top = 1.15 * float(max(ds["theory"].max(), np.nanmax(ds["llc"].values)))
+    ax.plot([0, top], [0, top], "k--", lw=1, label="λ̂ = λ")
+    ax.set(xscale="symlog", yscale="symlog", xlabel="closed-form λ", ylabel="λ̂",
+           title="Closed forms")  # fmt: skip
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_rescaling(ds: xr.Dataset, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(ds["alpha"], ds["llc"], yerr=ds["llc_se"], fmt="o-", capsize=3)
+    mean = float(ds["llc"].mean())
+    ax.axhspan(0.95 * mean, 1.05 * mean, color="gray", alpha=0.2, label="mean ± 5 %")
+    ax.set(xscale="log", xlabel="α  (W1 → α·W1, W2 → W2/α)", ylabel="λ̂",
+           title="Rescaling invariance (preconditioned SGLD)", ylim=(0, 1.5 * mean))  # fmt: skip
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_training(ds: xr.Dataset, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    ax1.plot(ds["curve_step"], ds["curve_loss"], "k-", lw=1, label="training loss")
+    ax1.set(xlabel="gradient step", ylabel="training loss (½ MSE)", yscale="log")
+    ax2 = ax1.twinx()
+    ax2.errorbar(ds["step"], ds["llc"], yerr=ds["llc_se"], fmt="o", color="C1", capsize=3,
+                 label="λ̂ at checkpoint")  # fmt: skip
+    ax2.plot(ds["step"], ds["theory_at_rank"], "x", color="C2", ms=8,
+             label="Aoyagi λ at the effective rank")  # fmt: skip
+    for s, r in zip(ds["step"].values, ds["effective_rank"].values, strict=True):
+        ax2.annotate(f"rank {int(r)}", (s, 0), textcoords="offset points", xytext=(0, 5),
+                     fontsize=8, ha="center")  # fmt: skip
+    ax2.set_ylabel("λ̂")
+    lines = ax1.get_legend_handles_labels()
+    more = ax2.get_legend_handles_labels()
+    ax1.legend(lines[0] + more[0], lines[1] + more[1], loc="center right", fontsize=8)
+    ax1.set_title("LLC along training (DLN, small initialization)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+PLOTS = {
+    "dln_sweep": _plot_dln,
+    "sgld_vs_mala": _plot_mala,
+    "closed_forms": _plot_closed,
+    "rescaling": _plot_rescaling,
+    "llc_along_training": _plot_training,
+}
+TABLES = {
+    "dln_sweep": ("run", ["size_class", "widths", "rank", "dim", "step_method", "theory", "llc",
+                          "llc_se", "rel_err", "step_size", "healthy", "wall_time_s"]),
+    "closed_forms": ("case", ["case", "theory", "llc", "llc_se", "rel_err", "gamma", "step_size",
+                              "healthy"]),
+    "rescaling": ("alpha", ["alpha", "llc", "llc_se", "rhat", "healthy", "step_size"]),
+    "llc_along_training": ("checkpoint", ["step", "train_loss", "effective_rank", "llc", "llc_se",
+                                          "theory_at_rank", "healthy"]),
+}  # fmt: skip
+
+
+def _mala_table(ds: xr.Dataset) -> str:
+    lines = [
+        "| n | λ̂ SGLD | se | λ̂ MALA | se | |Δ|/combined se | agrees | SGLD time [s] "
+        "| MALA time [s] |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in ds["n"].values:
+        s, m = ds.sel(n=n, kernel="sgld"), ds.sel(n=n, kernel="mala")
+        zz = abs(float(s["difference"])) / float(s["combined_se"])
+        lines.append(
+            f"| {int(n)} | {float(s.llc):.3g} | {float(s.llc_se):.2g} | {float(m.llc):.3g} | "
+            f"{float(m.llc_se):.2g} | {zz:.2f} | {bool(s.agrees_with_reference)} | "
+            f"{float(s.wall_time_s):.1f} | {float(m.wall_time_s):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def _clean_attrs(ds: xr.Dataset) -> xr.Dataset:
+    ds = ds.copy()
+    for var in ds.variables.values():
+        var.attrs = {k: (json.dumps(v) if isinstance(v, dict | list) else v)
+                     for k, v in var.attrs.items()}  # fmt: skip
+    ds.attrs = {k: (json.dumps(v) if isinstance(v, dict | list | bool) else v)
+                for k, v in ds.attrs.items()}  # fmt: skip
+    for name in list(ds.variables):
+        if ds[name].dtype == bool:
+            ds[name] = ds[name].astype(np.int8)
+        elif ds[name].dtype.kind in "OU":
+            ds[name] = ds[name].astype(str)
+    return ds
+
+
+def write_report(
+    results: dict[str, xr.Dataset],
+    out: str | Path,
+    *,
+    mode: str = "quick",
+    total_s: float | None = None,
+) -> Path:
+    """Write ``report.md``, ``<suite>.png`` and ``validation.nc`` into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# slt_ppl validation report ({mode})", ""]
+    if total_s is not None:
+        lines += [f"Total wall time: {total_s:.0f} s.", ""]
+    lines += ["| suite | verdict | criterion | summary | time [s] |", "|---|---|---|---|---|"]
+    for name, ds in results.items():
+        verdict = "PASS" if ds.attrs.get("passed") else "FAIL"
+        lines.append(f"| {name} | {verdict} | {ds.attrs['criterion']} | {ds.attrs['summary']} | "
+                     f"{ds.attrs['wall_time_s']:.0f} |")  # fmt: skip
+    for name, ds in results.items():
+        lines += ["", f"## {ds.attrs['title']}", "", f"Criterion: {ds.attrs['criterion']}. "
+                  f"Result: **{'PASS' if ds.attrs['passed'] else 'FAIL'}**: "
+                  f"{ds.attrs['summary']}.",
+                  "", f"Settings: `{ds.attrs['settings']}`", ""]  # fmt: skip
+        if name == "sgld_vs_mala":
+            lines.append(_mala_table(ds))
+        elif name in TABLES:
+            dim, cols = TABLES[name]
+            lines.append(table(ds, dim, cols))
+        if name in PLOTS:
+            png = out / f"{name}.png"
+            PLOTS[name](ds, png)
+            lines += ["", f"![{name}]({png.name})"]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    tree = xr.DataTree.from_dict({f"/{k}": _clean_attrs(v) for k, v in results.items()})
+    tree.to_netcdf(out / "validation.nc")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m validation.report``: same as ``slt-ppl validate``."""
+    from validation.cli import main_validate
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.parse_known_args(argv)
+    return main_validate(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
