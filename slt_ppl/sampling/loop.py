@@ -190,7 +190,12 @@ class SegmentRunner:
             ks = self.kernel.init(jax.random.fold_in(key, 2**30), position, full)
             return ChainState(ks, jnp.asarray(-1, jnp.int32))
 
-        return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))(self.posterior.data, keys, positions)
+        state = jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))(self.posterior.data, keys, positions)
+        if self.mesh is not None:
+            from slt_ppl.sampling.sharding import shard_chains
+
+            state = shard_chains(state, self.mesh)
+        return state
 
     def _step(
         self,
