@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from typing import Any
 
@@ -42,6 +43,7 @@ def sample(
     num_segments: int = 20,
     kernel_options: dict[str, Any] | None = None,
     devices: Any = None,
+    stream_to: str | os.PathLike | None = None,
 ) -> xr.DataTree:
     """Sample the local posterior with ``num_chains`` chains in one compiled loop.
 
@@ -69,6 +71,10 @@ def sample(
         devices: shard the chains over devices (``sampling.sharding``): None (default) uses all
             devices of the default backend when there are several, an int the first k, a list those
             devices, False none. Draws are the same as unsharded for the same seed.
+        stream_to: a path: parameter draws (burn-in included) and the per-draw statistics are
+            appended there segment by segment (``sampling.stream``, NetCDF4) instead of being held
+            in memory; the returned tree then has no ``posterior`` group and names the file in
+            attrs["draws_file"].
 
     Returns:
         ``xr.DataTree`` with groups ``sample_stats`` and ``warmup_sample_stats`` (dims chain, draw:
@@ -92,8 +98,9 @@ def sample(
 
     shard_devices = sharding.resolve_devices(devices, num_chains)
     mesh = sharding.chain_mesh(shard_devices) if shard_devices else None
+    record_draws = keep_draws or stream_to is not None
     runner = SegmentRunner(
-        posterior, kern, batch, thin, diag_every, keep_draws, shared_batches, float(explode),
+        posterior, kern, batch, thin, diag_every, record_draws, shared_batches, float(explode),
         mesh=mesh,
     )  # fmt: skip
     master = jax.random.PRNGKey(seed)
@@ -135,9 +142,19 @@ def sample(
 
     num_burnin_draws = math.ceil(num_burnin / thin)
     total = num_burnin_draws + num_draws
-    records, state, wall = _run_segments(
-        runner, state, chain_keys, batch_keys, step_size, total, num_segments, progress
-    )
+    stream = None
+    if stream_to is not None:
+        from slt_ppl.sampling.stream import DrawStream
+
+        stream = DrawStream(stream_to, posterior, num_chains, num_burnin_draws)
+    try:
+        records, state, wall = _run_segments(
+            runner, state, chain_keys, batch_keys, step_size, total, num_segments, progress,
+            stream=stream,
+        )  # fmt: skip
+    finally:
+        if stream is not None:
+            stream.close()
     return build_result(
         posterior,
         records,
@@ -160,8 +177,9 @@ def sample(
             "sampling_time_s": float(wall - runner.stats.get("compile_time_s", 0.0)),
             "compile_time_s": float(runner.stats.get("compile_time_s", 0.0)),
             "num_devices": len(shard_devices) if shard_devices else 1,
+            **({"draws_file": os.fspath(stream_to)} if stream_to is not None else {}),
         },
-        keep_draws=keep_draws,
+        keep_draws=keep_draws and stream is None,
     )
 
 
@@ -174,6 +192,7 @@ def _run_segments(
     total: int,
     num_segments: int,
     progress: bool,
+    stream: Any = None,
 ) -> tuple[dict[str, np.ndarray], Any, float]:
     from tqdm.auto import tqdm
 
@@ -195,7 +214,11 @@ def _run_segments(
             state, rec = compiled[length](
                 state, chain_keys, batch_keys, jnp.asarray(step_size), start
             )
-            pieces.append(jax.device_get(rec))
+            piece = jax.device_get(rec)
+            if stream is not None:  # hand the draws to disk, keep only the statistics
+                stream.append(piece)
+                piece = piece._replace(position=np.zeros((*piece.loss.shape, 0), piece.loss.dtype))
+            pieces.append(piece)
             start += length
             bar.update(length * runner.thin)
     wall = time.perf_counter() - t0
