@@ -43,6 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # this checkout's slt_ppl and models, not an installed copy
+    sys.path.insert(0, str(ROOT))
 SIZES = {"10k": 50, "100k": 158, "1M": 500}  # width of a 5-layer DLN (4 square weight matrices)
 STEP_SIZE = {"10k": 1e-6, "100k": 3e-7, "1M": 1e-7}
 N, BATCH, LAYERS = 10_000, 500, 4
