@@ -274,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         "--steps", type=int, default=None, help="steps per chain (per size default)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
+    parser.add_argument(
+        "--devinterp-steps",
+        type=int,
+        default=None,
+        help="steps per chain for devinterp (default: a tenth of --steps, at least 20; it is slow)",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per measurement")
     parser.add_argument(
         "--devinterp-python",
@@ -301,15 +307,21 @@ def main(argv: list[str] | None = None) -> int:
         for chains in chain_list:
             for side in sides:
                 python = args.devinterp_python if side == "devinterp" else sys.executable
+                side_steps, side_repeats = steps, args.repeats
+                if side == "devinterp":
+                    side_steps = args.devinterp_steps or max(20, steps // 10)
+                    side_repeats = min(args.repeats, 2)
                 if side == "devinterp" and not Path(python).exists():
                     res = {"error": f"no devinterp python at {python}"}
                 else:
-                    res = _run_worker(python, side, size, chains, steps, gamma, args.repeats,
-                                      args.timeout)  # fmt: skip
+                    res = _run_worker(python, side, size, chains, side_steps, gamma,
+                                      side_repeats, args.timeout)  # fmt: skip
                 row = {"size": size, "params": LAYERS * SIZES[size] ** 2, "chains": chains,
-                       "side": side, "steps": steps, "gamma": gamma, **res}  # fmt: skip
+                       "side": side, "steps": side_steps, "gamma": gamma, **res}  # fmt: skip
                 if "time_s" in res:
-                    row["chain_steps_per_s"] = chains * steps / statistics.median(res["time_s"])
+                    row["chain_steps_per_s"] = (
+                        chains * side_steps / statistics.median(res["time_s"])
+                    )
                 rows.append(row)
                 _print_row(row)
     _ratios(rows)
