@@ -93,7 +93,11 @@ def worker_ours(size: str, chains: int, steps: int, gamma: float, repeats: int) 
 def worker_ours_torch(size: str, chains: int, steps: int, gamma: float, repeats: int) -> dict:
     """slt_ppl on the Pyro model, if slt_ppl has a torch backend (raises otherwise)."""
     import slt_ppl
-    from models import pyro_zoo  # absent until the torch backend lands
+
+    backends = Path(slt_ppl.__file__).parent / "backends"
+    if not any("pyro" in f.name or "torch" in f.name for f in backends.glob("*.py")):
+        raise RuntimeError("this slt_ppl has no torch backend yet (slt_ppl/backends/ has none)")
+    from models import pyro_zoo
 
     model, problem = pyro_zoo.dln(widths=[SIZES[size]] * (LAYERS + 1), n=N, seed=0)
     post = slt_ppl.localize(model, problem.data, problem.center, gamma=gamma)
