@@ -145,15 +145,14 @@ def unit_information_gamma(
     sub = {k: v[:m] for k, v in data.items()}
     d = center.shape[0]
 
-    def grad_fn(w: jax.Array) -> jax.Array:
-        return jax.grad(loss_fn)(w, sub)
-
-    def hvp(v: jax.Array) -> jax.Array:
-        return jax.jvp(grad_fn, (center,), (v,))[1]
+    def quad_form(v: jax.Array, w: jax.Array, batch: Any) -> jax.Array:
+        # w* and the data are arguments, not constants XLA would fold at compile time
+        hv = jax.jvp(lambda u: jax.grad(loss_fn)(u, batch), (w,), (v,))[1]
+        return jnp.vdot(v, hv)
 
     key = jax.random.PRNGKey(seed)
     probes = jax.random.rademacher(key, (num_probes, d), dtype=center.dtype)
-    quad = jax.jit(jax.vmap(lambda v: jnp.vdot(v, hvp(v))))(probes)
+    quad = jax.jit(jax.vmap(quad_form, in_axes=(0, None, None)))(probes, center, sub)
     hbar = float(jnp.mean(quad)) / d
     if not math.isfinite(hbar):
         hbar = 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -51,6 +52,8 @@ def sample(
     resume: bool = False,
     retry_on_divergence: int = 0,
     max_diverged_fraction: float = 0.0,
+    devices: Any = None,
+    stream_to: str | os.PathLike | None = None,
 ) -> xr.DataTree:
     """Sample the local posterior with ``num_chains`` chains in one compiled loop.
 
@@ -91,6 +94,13 @@ def sample(
             ``retry_history``). Default 0: diverged chains are only dropped by the estimators.
         max_diverged_fraction: the fraction of diverged chains tolerated without a retry (default 0:
             any divergence triggers one when retries are allowed).
+        devices: shard the chains over devices (``sampling.sharding``): None (default) uses all
+            devices of the default backend when there are several, an int the first k, a list those
+            devices, False none. Draws are the same as unsharded for the same seed.
+        stream_to: a path: parameter draws (burn-in included) and the per-draw statistics are
+            appended there segment by segment (``sampling.stream``, NetCDF4) instead of being held
+            in memory; the returned tree then has no ``posterior`` group and names the file in
+            attrs["draws_file"].
 
     Returns:
         ``xr.DataTree`` with groups ``sample_stats`` and ``warmup_sample_stats`` (dims chain, draw:
@@ -134,9 +144,15 @@ def sample(
         options.setdefault("freeze_after", num_burnin)
     kern = get_kernel(kernel, **options)
     batch = posterior.n if kern.full_batch else min(posterior.n, batch_size or DEFAULT_BATCH_SIZE)
+    from slt_ppl.sampling import sharding
+
+    shard_devices = sharding.resolve_devices(devices, num_chains)
+    mesh = sharding.chain_mesh(shard_devices) if shard_devices else None
+    record_draws = keep_draws or stream_to is not None
     runner = SegmentRunner(
-        posterior, kern, batch, thin, diag_every, keep_draws, shared_batches, float(explode)
-    )
+        posterior, kern, batch, thin, diag_every, record_draws, shared_batches, float(explode),
+        mesh=mesh,
+    )  # fmt: skip
     master = jax.random.PRNGKey(seed)
     chain_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(master, 0), i))(
         jnp.arange(num_chains)
@@ -153,6 +169,10 @@ def sample(
             chain_keys
         )
         positions = positions + init_jitter * noise
+    if mesh is not None:
+        chain_keys, positions = sharding.shard_chains((chain_keys, positions), mesh)
+        if not shared_batches:
+            batch_keys = sharding.shard_chains(batch_keys, mesh)
     state = runner.init(chain_keys, positions)
 
     num_burnin_draws = math.ceil(num_burnin / thin)
@@ -202,12 +222,26 @@ def sample(
             raise SettingError(f"step_size must be a positive finite number, got {step_size}")
         check_step_size(posterior, step_size)
 
-    records, state, wall, outcome = run_with_recovery(
-        _run_segments, runner, state, chain_keys, batch_keys, step_size, total, num_segments,
-        progress, settings=settings, tuning=tuning, checkpoint_file=ckpt_file,
-        checkpoint_every=checkpoint_every, restored=restored,
-        retry_on_divergence=retry_on_divergence, max_diverged_fraction=max_diverged_fraction,
-    )  # fmt: skip
+    stream = None
+    if stream_to is not None:
+        if ckpt_file is not None or retry_on_divergence:
+            raise SettingError(
+                "stream_to cannot be combined with checkpoint or retry_on_divergence yet: a "
+                "resumed or retried run would append its draws to the stream twice"
+            )
+        from slt_ppl.sampling.stream import DrawStream
+
+        stream = DrawStream(stream_to, posterior, num_chains, num_burnin_draws)
+    try:
+        records, state, wall, outcome = run_with_recovery(
+            functools.partial(_run_segments, stream=stream), runner, state, chain_keys, batch_keys,
+            step_size, total, num_segments, progress, settings=settings, tuning=tuning,
+            checkpoint_file=ckpt_file, checkpoint_every=checkpoint_every, restored=restored,
+            retry_on_divergence=retry_on_divergence, max_diverged_fraction=max_diverged_fraction,
+        )  # fmt: skip
+    finally:
+        if stream is not None:
+            stream.close()
     step_size = outcome.step_size
     return build_result(
         posterior,
@@ -228,7 +262,6 @@ def sample(
             "shared_batches": int(bool(shared_batches)),
             "init_jitter": float(init_jitter),
             "seed": int(seed),
-            "sampling_time_s": float(wall),
             "slt_ppl_version": _library_version(),
             "explode": float(explode),
             "divergence_retries": int(outcome.attempt),
@@ -237,8 +270,12 @@ def sample(
             if outcome.resumed_from_draw is None
             else outcome.resumed_from_draw,
             "checkpoint": "" if ckpt_file is None else str(ckpt_file),
+            "sampling_time_s": float(wall - runner.stats.get("compile_time_s", 0.0)),
+            "compile_time_s": float(runner.stats.get("compile_time_s", 0.0)),
+            "num_devices": len(shard_devices) if shard_devices else 1,
+            **({"draws_file": os.fspath(stream_to)} if stream_to is not None else {}),
         },
-        keep_draws=keep_draws,
+        keep_draws=keep_draws and stream is None,
     )
 
 
@@ -255,6 +292,7 @@ def _run_segments(
     start: int = 0,
     done: dict[str, np.ndarray] | None = None,
     on_segment: Callable[[Any, int, int, Callable[[], dict[str, np.ndarray]]], None] | None = None,
+    stream: Any = None,
 ) -> tuple[dict[str, np.ndarray], Any, float]:
     """Run draws ``start..total`` segment by segment (``done``: records of draws before ``start``);
     ``on_segment(state, next_draw, segments_done, records)`` is called after each segment (the
@@ -287,7 +325,11 @@ def _run_segments(
             state, rec = compiled[length](
                 state, chain_keys, batch_keys, jnp.asarray(step_size), start
             )
-            pieces.append(jax.device_get(rec))
+            piece = jax.device_get(rec)
+            if stream is not None:  # hand the draws to disk, keep only the statistics
+                stream.append(piece)
+                piece = piece._replace(position=np.zeros((*piece.loss.shape, 0), piece.loss.dtype))
+            pieces.append(piece)
             start += length
             segments_done += 1
             bar.update(length * runner.thin)

@@ -1,26 +1,36 @@
 """The compiled sampling loop: chains under ``vmap``, steps under ``lax.scan``, inside one ``jit``.
 
-One call of a :class:`SegmentRunner` advances every chain by ``num_draws`` draws of ``thin`` steps each,
-with no host round trip inside: minibatch indices are drawn on the device from keys folded with the
-global step index, so chain i's trajectory depends only on (seed, i) and never on how many chains run
-or how the run is cut into segments. The Python side (``sampling.api``) calls the runner segment by
-segment to show progress, and nothing else.
+One call of a :class:`SegmentRunner` advances every chain by ``num_draws`` draws of ``thin``
+steps each, with no host round trip inside: minibatch indices are drawn on the device from keys
+folded with the global step index, so chain i's trajectory depends only on (seed, i) and never
+on how many chains run or how the run is cut into segments. The Python side (``sampling.api``)
+calls the runner segment by segment to show progress, and nothing else.
 
-Per draw the first step is recorded: L_B(w_t) and U_B(w_t) come free from the gradient evaluation;
-L_B(w*) on the same minibatch costs one forward pass (the paired control variate of reference
-section 6); the MALA-acceptance diagnostic (Furman & Lau 2024, App. D) costs one more gradient on the
-same minibatch, only every ``diag_every``-th draw (``lax.cond`` on the unbatched draw index, so it is a
-real branch, not a select, under ``vmap``).
+Per draw the first step is recorded: L_B(w_t) and U_B(w_t) come free from the gradient
+evaluation; L_B(w*) on the same minibatch (the paired control variate of reference section 6) is
+a gather from a per-datum table of L(w*) computed once, when the loss is verified to be a per-
+datum mean, and one forward pass otherwise; the MALA-acceptance diagnostic (Furman & Lau 2024,
+App. D) costs one more gradient on the same minibatch, only every ``diag_every``-th draw
+(``lax.cond`` on the unbatched draw index, so it is a real branch, not a select, under
+``vmap``).
 
-Divergence: a step whose potential or new position is non-finite, or whose loss rises by more than
-``explode`` above L_B(w*), freezes its chain at the last finite state and records the step index in
-``diverged_at``; later records of that chain are NaN. Healthy chains are unaffected.
+Divergence: a step whose potential or new position is non-finite, or whose loss rises by more
+than ``explode`` above L_B(w*), freezes its chain at the last finite state and records the step
+index in ``diverged_at``; later records of that chain are NaN. Healthy chains are unaffected.
+The two checks are fused into one select over the state per step.
+
+Performance notes (benchmarks/RESULTS.md): the data, w* and the table are arguments of the
+compiled segment, never constants folded into it; everything else is what the kernel step costs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import jax
@@ -74,9 +84,28 @@ def _position(kernel_state: Any) -> Array:
     return kernel_state.position
 
 
+def _center_table_fn(
+    loss_fn: Callable[[Array, Any], Array], chunk: int
+) -> Callable[[Array, dict[str, Array]], Array]:
+    """``(center, data) -> ℓ``, ℓ_i = loss_fn(center, row i), ``chunk`` one-row batches at once."""
+
+    def table(center: Array, data: dict[str, Array]) -> Array:
+        def one(row: dict[str, Array]) -> Array:
+            return loss_fn(center, {k: v[None] for k, v in row.items()})
+
+        return jax.lax.map(one, data, batch_size=chunk)
+
+    return jax.jit(table)
+
+
 @dataclass(frozen=True)
 class SegmentRunner:
-    """Compiled runner of ``num_draws`` draws for all chains; see the module docstring."""
+    """Compiled runner of ``num_draws`` draws for all chains; see the module docstring.
+
+    ``center_table``: "auto" (default) records L_B(w*) by gathering a per-datum table of L(w*) when
+    the loss is verified to be a per-datum mean (see :meth:`center_losses`), otherwise by a forward
+    pass; "off" always uses the forward pass.
+    """
 
     posterior: LocalPosterior
     kernel: Kernel
@@ -86,50 +115,138 @@ class SegmentRunner:
     keep_draws: bool
     shared_batches: bool
     explode: float
+    center_table: str = "auto"
+    mesh: Any = None
+    stats: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
 
-    def batch(self, batch_key: Array, t: Array) -> dict[str, Array]:
+    # -- minibatches and potentials -------------------------------------------------------------
+
+    def batch(
+        self, batch_key: Array, t: Array, data: dict[str, Array] | None = None
+    ) -> dict[str, Array]:
+        """The minibatch of global step ``t`` (the full data for full-batch kernels)."""
+        idx = self._indices(batch_key, t)
+        data = self.posterior.data if data is None else data
+        if idx is None:
+            return data
+        return {k: v[idx] for k, v in data.items()}
+
+    def _indices(self, batch_key: Array, t: Array) -> Array | None:
+        if self.kernel.full_batch or self.batch_size >= self.posterior.n:
+            return None
+        return jax.random.randint(
+            jax.random.fold_in(batch_key, t), (self.batch_size,), 0, self.posterior.n
+        )
+
+    def potential_fn(
+        self, batch: dict[str, Array], posterior: LocalPosterior | None = None
+    ) -> Callable[[Array], tuple[Array, Array]]:
+        """w ↦ (U_B(w), L_B(w)) on ``batch``."""
+        post = self.posterior if posterior is None else posterior
+        return lambda w: post.potential(w, batch)
+
+    @cached_property
+    def _table(self) -> Array | None:
+        t0 = time.perf_counter()
+        table = self.center_losses()
+        self.stats["center_table_s"] = time.perf_counter() - t0
+        return table
+
+    def center_losses(self) -> Array | None:
+        """Per-datum losses ℓ_i = L_{{i}}(w*) if L_B(w*) = mean_{i∈B} ℓ_i holds, else None.
+
+        With the table, L_B(w*) on a minibatch is a gather of ``batch_size`` numbers instead of a
+        forward pass (the paired control variate then costs nothing per step). The identity is
+        checked on two random minibatches (relative tolerance 1e-4; float32 rounding is ~1e-6);
+        models whose loss is not a mean of per-datum terms (batch statistics, a likelihood term
+        outside the data plate) fail the check and keep the forward pass. The table is built 1024
+        rows at a time.
+        """
         post = self.posterior
-        if self.kernel.full_batch or self.batch_size >= post.n:
-            return post.data
-        idx = jax.random.randint(jax.random.fold_in(batch_key, t), (self.batch_size,), 0, post.n)
-        return {k: v[idx] for k, v in post.data.items()}
+        if self.center_table == "off" or self.kernel.full_batch or self.batch_size >= post.n:
+            return None
+        try:
+            table = _center_table_fn(post.loss_fn, min(1024, post.n))(post.center, post.data)
+            forward = jax.jit(post.loss_fn)
+            key = jax.random.PRNGKey(20240611)
+            for j in range(2):
+                idx = jax.random.randint(jax.random.fold_in(key, j), (self.batch_size,), 0, post.n)
+                direct = float(forward(post.center, {k: v[idx] for k, v in post.data.items()}))
+                gathered = float(jnp.mean(table[idx]))
+                if not (
+                    math.isfinite(direct) and abs(direct - gathered) <= 1e-4 * (1.0 + abs(direct))
+                ):
+                    return None
+        except Exception:  # a model that cannot run on one-row batches keeps the forward pass
+            return None
+        if table.shape != (post.n,) or not bool(jnp.all(jnp.isfinite(table))):
+            return None
+        return table
 
-    def potential_fn(self, batch: dict[str, Array]) -> Callable[[Array], tuple[Array, Array]]:
-        return lambda w: self.posterior.potential(w, batch)
+    # -- one step, one draw ---------------------------------------------------------------------
 
     def init(self, keys: Array, positions: Array) -> ChainState:
-        """Initial states of all chains (keys: (C, 2) chain keys; positions: (C, d))."""
-        full = self.potential_fn(self.posterior.data)
+        """Initial states of all chains (keys: (C, 2) chain keys; positions: (C, d)).
 
-        def one(key: Array, position: Array) -> ChainState:
+        Also builds the center table (once per runner), so the timed segments do not include it.
+        """
+        _ = self._table
+
+        def one(data: dict[str, Array], key: Array, position: Array) -> ChainState:
+            full = self.potential_fn(data)
             ks = self.kernel.init(jax.random.fold_in(key, 2**30), position, full)
             return ChainState(ks, jnp.asarray(-1, jnp.int32))
 
-        return jax.jit(jax.vmap(one))(keys, positions)
+        state = jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))(self.posterior.data, keys, positions)
+        if self.mesh is not None:
+            from slt_ppl.sampling.sharding import shard_chains
 
-    def _guarded_step(
-        self, state: ChainState, key: Array, batch: dict[str, Array], step_size: Array, t: Array
-    ) -> tuple[ChainState, Any, Array]:
-        pot = self.potential_fn(batch)
-        new_ks, info = self.kernel.step(key, state.kernel_state, pot, step_size)
-        ok = jnp.isfinite(info.potential) & jnp.all(jnp.isfinite(_position(new_ks)))
-        ok = ok & (state.diverged_at < 0)
-        kernel_state = jax.tree_util.tree_map(
-            lambda a, b: jnp.where(ok, a, b), new_ks, state.kernel_state
+            state = shard_chains(state, self.mesh)
+        return state
+
+    def _step(
+        self,
+        ctx: _Context,
+        state: ChainState,
+        key: Array,
+        batch: dict[str, Array],
+        step_size: Array,
+    ) -> tuple[Any, Any, Array]:
+        """One kernel step; returns (new kernel state, info, finite) without freezing anything."""
+        new_ks, info = self.kernel.step(
+            key, state.kernel_state, self.potential_fn(batch, ctx.post), step_size
         )
-        newly_bad = (~ok) & (state.diverged_at < 0)
-        diverged_at = jnp.where(newly_bad, t.astype(jnp.int32), state.diverged_at)
-        return ChainState(kernel_state, diverged_at), info, ok
+        finite = jnp.isfinite(info.potential) & jnp.all(jnp.isfinite(_position(new_ks)))
+        return new_ks, info, finite
+
+    @staticmethod
+    def _commit(state: ChainState, new_ks: Any, good: Array, t: Array) -> ChainState:
+        """Take the step where ``good`` and the chain is healthy, else freeze it and mark it."""
+        healthy = state.diverged_at < 0
+        take = good & healthy
+        kernel_state = jax.tree_util.tree_map(
+            lambda a, b: jnp.where(take, a, b), new_ks, state.kernel_state
+        )
+        diverged_at = jnp.where(healthy & ~good, t.astype(jnp.int32), state.diverged_at)
+        return ChainState(kernel_state, diverged_at)
 
     def _draw(
-        self, chain_key: Array, batch_key: Array, step_size: Array, state: ChainState, i: Array
+        self,
+        ctx: _Context,
+        chain_key: Array,
+        batch_key: Array,
+        step_size: Array,
+        state: ChainState,
+        i: Array,
     ) -> tuple[ChainState, DrawRecord]:
-        post, kernel = self.posterior, self.kernel
+        post, kernel = ctx.post, self.kernel
         t0 = i * self.thin
-        batch = self.batch(batch_key, t0)
+        idx = self._indices(batch_key, t0)
+        batch = post.data if idx is None else {k: v[idx] for k, v in post.data.items()}
         key, probe_key = jax.random.split(jax.random.fold_in(chain_key, t0))
         w = _position(state.kernel_state)
-        new_state, info, ok = self._guarded_step(state, key, batch, step_size, t0)
+        new_ks, info, finite = self._step(ctx, state, key, batch, step_size)
+        ok = finite & (state.diverged_at < 0)
         dtype = w.dtype
         nan = jnp.full((), jnp.nan, dtype)
 
@@ -138,16 +255,19 @@ class SegmentRunner:
             loss_center = jnp.asarray(post.info["loss_center_full"], dtype)
         else:
             loss = info.loss
-            loss_center = post.loss_fn(post.center, batch)
+            if ctx.table is not None and idx is not None:
+                loss_center = jnp.mean(ctx.table[idx]).astype(loss.dtype)
+            else:
+                loss_center = post.loss_fn(post.center, batch)
 
         if kernel.proposal == "metropolis":
             acceptance = info.acceptance
         else:
-            pot = self.potential_fn(batch)
+            pot = self.potential_fn(batch, post)
 
             def diagnose(_: None) -> Array:
                 if kernel.proposal == "langevin":
-                    w_new = _position(new_state.kernel_state)
+                    w_new = _position(new_ks)
                 else:  # momentum kernels: a Langevin probe of the same ε from w
                     noise = jax.random.normal(probe_key, w.shape, dtype)
                     w_new = w - 0.5 * step_size * info.grad + jnp.sqrt(step_size) * noise
@@ -161,15 +281,9 @@ class SegmentRunner:
             )
 
         exploded = (loss - loss_center) > self.explode * (1.0 + jnp.abs(loss_center))
-        bad_now = exploded & (new_state.diverged_at < 0)
-        new_state = new_state._replace(
-            diverged_at=jnp.where(bad_now, t0.astype(jnp.int32), new_state.diverged_at),
-            kernel_state=jax.tree_util.tree_map(
-                lambda old, new: jnp.where(bad_now, old, new),
-                state.kernel_state,
-                new_state.kernel_state,
-            ),
-        )
+        # one select over the state per step: finite and not exploded (the two checks of the
+        # reference implementation, fused; a chain that was already frozen stays frozen)
+        new_state = self._commit(state, new_ks, finite & ~exploded, t0)
         alive = ok & ~exploded
         record = DrawRecord(
             loss=jnp.where(alive, loss, nan),
@@ -182,24 +296,96 @@ class SegmentRunner:
 
         def rest(carry: ChainState, j: Array) -> tuple[ChainState, None]:
             t = t0 + j
-            b = self.batch(batch_key, t)
+            b = self.batch(batch_key, t, post.data)
             k = jax.random.fold_in(chain_key, t)
-            carry, _, _ = self._guarded_step(carry, k, b, step_size, t)
-            return carry, None
+            ks, _, fin = self._step(ctx, carry, k, b, step_size)
+            return self._commit(carry, ks, fin, t), None
 
         if self.thin > 1:
             new_state, _ = jax.lax.scan(rest, new_state, jnp.arange(1, self.thin))
         return new_state, record
 
-    def build(self, num_draws: int) -> Callable[..., tuple[ChainState, DrawRecord]]:
-        """A jitted ``run(states, chain_keys, batch_keys, step_size, start_draw)`` for ``num_draws``."""
+    # -- compiled segments ----------------------------------------------------------------------
 
-        def one_chain(state, chain_key, batch_key, step_size, start):
-            draws = start + jnp.arange(num_draws)
-            return jax.lax.scan(
-                lambda s, i: self._draw(chain_key, batch_key, step_size, s, i), state, draws
-            )
+    def build(self, num_draws: int) -> CompiledSegment:
+        """Jitted ``run(states, chain_keys, batch_keys, step_size, start_draw)``, num_draws long.
 
+        The data, w* and the center table are arguments of the compiled function, not constants
+        baked into it (constants make XLA constant-fold the data: long compiles, duplicated memory).
+        With a ``mesh`` the chain axis of states, keys and records is sharded over its devices.
+        """
+        fn = self.segment_fn(num_draws)
+        if self.mesh is None:
+            jitted = jax.jit(fn)
+        else:
+            from slt_ppl.sampling.sharding import segment_shardings
+
+            in_shardings, out_shardings = segment_shardings(self.mesh, self.shared_batches)
+            jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings)
+        return CompiledSegment(jitted, self.segment_args(), self.stats)
+
+    def segment_args(self) -> tuple[dict[str, Array], Array, Array | None]:
+        """The traced inputs of a segment besides the chain states: (data, w*, center table)."""
+        return (self.posterior.data, self.posterior.center, self._table)
+
+    def segment_fn(self, num_draws: int) -> Callable[..., tuple[ChainState, DrawRecord]]:
+        """Un-jitted ``run(args, states, chain_keys, batch_keys, step_size, start)``."""
+        base = self.posterior
         batch_axis = None if self.shared_batches else 0
-        run = jax.vmap(one_chain, in_axes=(0, 0, batch_axis, None, None))
-        return jax.jit(run)
+
+        def run(args, states, chain_keys, batch_keys, step_size, start):
+            data, center, table = args
+            ctx = _Context(dataclasses.replace(base, data=data, center=center), table)
+
+            def one_chain(state, chain_key, batch_key):
+                draws = start + jnp.arange(num_draws)
+                return jax.lax.scan(
+                    lambda s, i: self._draw(ctx, chain_key, batch_key, step_size, s, i),
+                    state,
+                    draws,
+                )
+
+            return jax.vmap(one_chain, in_axes=(0, 0, batch_axis))(states, chain_keys, batch_keys)
+
+        return run
+
+
+class CompiledSegment:
+    """A segment function compiled ahead of time on its first call, its compile time recorded.
+
+    Calling it runs ``jitted(args, states, chain_keys, batch_keys, step_size, start)``; the first
+    call lowers and compiles for the given shapes and adds the seconds spent to
+    ``stats["compile_time_s"]``, so timings of the sampling itself exclude compilation.
+    """
+
+    def __init__(self, jitted: Any, args: tuple[Any, ...], stats: dict[str, float]) -> None:
+        self.jitted = jitted
+        self.args = args
+        self.stats = stats
+        self.compiled: Any = None
+
+    def __call__(
+        self, states: ChainState, chain_keys: Array, batch_keys: Array, step_size: Any, start: Any
+    ) -> tuple[ChainState, DrawRecord]:
+        """Advance all chains by one segment; see :meth:`SegmentRunner.build`."""
+        call = (
+            self.args,
+            states,
+            chain_keys,
+            batch_keys,
+            jnp.asarray(step_size),
+            jnp.asarray(start),
+        )
+        if self.compiled is None:
+            t0 = time.perf_counter()
+            self.compiled = self.jitted.lower(*call).compile()
+            dt = time.perf_counter() - t0
+            self.stats["compile_time_s"] = self.stats.get("compile_time_s", 0.0) + dt
+        return self.compiled(*call)
+
+
+class _Context(NamedTuple):
+    """Traced per-call inputs: the posterior with traced data and center, and the center table."""
+
+    post: LocalPosterior
+    table: Array | None

@@ -1,0 +1,382 @@
+"""SGLD-LLC speed: chain-steps per second and peak memory on deep linear networks (issue 8).
+
+One command::
+
+    python benchmarks/llc_speed.py            # 10k, 100k, 1M parameters x 1, 8, 32 chains
+    python benchmarks/llc_speed.py --quick    # 10k parameters only
+    python benchmarks/llc_speed.py --sizes 10k,100k --chains 8 --sides ours,minimal
+
+Sides (same model, data, w*, ε, nβ = n/log n, γ, batch 500, shared minibatches per step):
+
+- ``ours``      slt_ppl.sample(kernel="sgld") on the NumPyro DLN, every diagnostic recorded;
+- ``ours_torch`` slt_ppl on the Pyro model, if this slt_ppl has a torch backend (skipped if not);
+- ``minimal``   a hand-written jitted JAX SGLD loop (lax.scan over steps, vmap over chains, loss
+  recorded each step, nothing else): the ceiling;
+- ``devinterp`` devinterp 1.3.2's ``estimate_learning_coeff_with_summary`` (PyTorch), run with the
+  Python of its own venv (``--devinterp-python``, default $DEVINTERP_PYTHON or
+  /tmp/perf_helper/devinterp-venv/bin/python); never a dependency of slt_ppl.
+
+Conventions: devinterp's SGLD is w ← w − (lr/2)(nβ·∇L_B + γ(w − w*)) + √lr·ξ, i.e. our ε = lr, and
+its ``nbeta`` is our nβ when passed explicitly (its default would be B/log B); its λ̂ is
+nβ·(mean L_B(w_t) − L(w*)) with L(w*) from ``num_chains`` batches. Ours is the paired estimator.
+Minimal's λ̂ is nβ·(mean L_B(w_t) − L_n(w*)).
+
+Each measurement runs in its own subprocess (peak RSS = ``ru_maxrss`` of that process, which
+includes the interpreter, the framework and the data; ``--baseline`` subtracts nothing). Steps/s
+exclude compilation: ours reports compile time separately (``compile_time_s``), minimal is
+compiled ahead of time, devinterp gets a short warm-up run first. λ̂ is printed next to each
+speed so nobody compares a wrong answer; with the short runs used here it is not equilibrated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # this checkout's slt_ppl and models, not an installed copy
+    sys.path.insert(0, str(ROOT))
+SIZES = {"10k": 50, "100k": 158, "1M": 500}  # width of a 5-layer DLN (4 square weight matrices)
+STEP_SIZE = {"10k": 1e-6, "100k": 3e-7, "1M": 1e-7}
+N, BATCH, LAYERS = 10_000, 500, 4
+DEFAULT_STEPS = {"10k": 1000, "100k": 200, "1M": 40}
+
+
+def _problem(size: str):
+    sys.path.insert(0, str(ROOT))
+    from models.data import make_dln
+
+    return make_dln([SIZES[size]] * (LAYERS + 1), n=N, seed=0)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# --------------------------------------------------------------------------------------------- ours
+
+
+def worker_ours(size: str, chains: int, steps: int, gamma: float, repeats: int) -> dict:
+    """slt_ppl.sample on the NumPyro DLN; steps are burn-in + draws (thin 1)."""
+    import slt_ppl
+    from models.numpyro_zoo import dln
+
+    model, problem = dln(widths=[SIZES[size]] * (LAYERS + 1), n=N, seed=0)
+    post = slt_ppl.localize(model, problem.data, problem.center, gamma=gamma)
+    times, compiles, llcs = [], [], []
+    for _ in range(repeats):
+        res = slt_ppl.sample(
+            post, kernel="sgld", step_size=STEP_SIZE[size], batch_size=BATCH, num_chains=chains,
+            num_draws=steps // 2, num_burnin=steps // 2, progress=False, num_segments=4,
+        )  # fmt: skip
+        times.append(res.attrs["sampling_time_s"])
+        compiles.append(res.attrs["compile_time_s"])
+        llcs.append(float(slt_ppl.llc(res, warn=False)["llc"]))
+    return {
+        "time_s": times,
+        "compile_s": statistics.median(compiles),
+        "llc": llcs[-1],
+        "gamma": post.gamma,
+        "nbeta": post.nbeta,
+    }
+
+
+def worker_ours_torch(size: str, chains: int, steps: int, gamma: float, repeats: int) -> dict:
+    """slt_ppl on the Pyro model, if slt_ppl has a torch backend (raises otherwise)."""
+    import slt_ppl
+
+    backends = Path(slt_ppl.__file__).parent / "backends"
+    if not any("pyro" in f.name or "torch" in f.name for f in backends.glob("*.py")):
+        raise RuntimeError("this slt_ppl has no torch backend yet (slt_ppl/backends/ has none)")
+    from models import pyro_zoo
+
+    model, problem = pyro_zoo.dln(widths=[SIZES[size]] * (LAYERS + 1), n=N, seed=0)
+    post = slt_ppl.localize(model, problem.data, problem.center, gamma=gamma)
+    times, compiles, llcs = [], [], []
+    for _ in range(repeats):
+        res = slt_ppl.sample(
+            post, kernel="sgld", step_size=STEP_SIZE[size], batch_size=BATCH, num_chains=chains,
+            num_draws=steps // 2, num_burnin=steps // 2, progress=False,
+        )  # fmt: skip
+        times.append(res.attrs["sampling_time_s"])
+        compiles.append(res.attrs.get("compile_time_s", float("nan")))
+        llcs.append(float(slt_ppl.llc(res, warn=False)["llc"]))
+    return {"time_s": times, "compile_s": statistics.median(compiles), "llc": llcs[-1]}
+
+
+# ------------------------------------------------------------------------------------------ minimal
+
+
+def worker_minimal(size: str, chains: int, steps: int, gamma: float, repeats: int) -> dict:
+    """Hand-written SGLD: lax.scan over steps, vmap over chains, the loss recorded each step."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    problem = _problem(size)
+    nbeta = N / np.log(N)
+    eps = STEP_SIZE[size]
+    x, y = jnp.asarray(problem.data["x"]), jnp.asarray(problem.data["y"])
+    center = [jnp.asarray(problem.center[f"w{i}"]) for i in range(LAYERS)]
+
+    def loss(ws, xb, yb):
+        f = xb
+        for w in ws:
+            f = f @ w.T
+        nll = 0.5 * jnp.sum((yb - f) ** 2, axis=-1) + 0.5 * yb.shape[-1] * jnp.log(2 * jnp.pi)
+        return jnp.mean(nll)
+
+    def run(ws, keys, x, y, center):
+        def step(ws, t):
+            idx = jax.random.randint(jax.random.fold_in(jax.random.PRNGKey(1), t), (BATCH,), 0, N)
+            xb, yb = x[idx], y[idx]
+
+            def one(ws, key):
+                def potential(ws):
+                    l_b = loss(ws, xb, yb)
+                    loc = sum(jnp.sum((a - b) ** 2) for a, b in zip(ws, center, strict=True))
+                    return nbeta * l_b + 0.5 * gamma * loc, l_b
+
+                (_, l_b), grads = jax.value_and_grad(potential, has_aux=True)(ws)
+                ks = jax.random.split(jax.random.fold_in(key, t), len(ws))
+                new = [
+                    w - 0.5 * eps * g + jnp.sqrt(eps) * jax.random.normal(k, w.shape, w.dtype)
+                    for w, g, k in zip(ws, grads, ks, strict=True)
+                ]
+                return new, l_b
+
+            return jax.vmap(one)(ws, keys)
+
+        return jax.lax.scan(step, ws, jnp.arange(steps))
+
+    keys = jax.random.split(jax.random.PRNGKey(0), chains)
+    ws = [jnp.broadcast_to(w, (chains, *w.shape)) for w in center]
+    t0 = time.perf_counter()
+    compiled = jax.jit(run).lower(ws, keys, x, y, center).compile()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _, losses = compiled(ws, keys, x, y, center)
+        losses = np.asarray(jax.block_until_ready(losses))
+        times.append(time.perf_counter() - t0)
+    full = float(jax.jit(loss)(center, x, y))
+    llc = float(nbeta * (losses[steps // 2 :].mean() - full))
+    return {"time_s": times, "compile_s": compile_s, "llc": llc}
+
+
+# ---------------------------------------------------------------------------------------- devinterp
+
+
+def worker_devinterp(size: str, chains: int, steps: int, gamma: float, repeats: int) -> dict:
+    """devinterp 1.3.2 ``estimate_learning_coeff_with_summary`` with the same hyperparameters."""
+    import numpy as np
+    import torch
+    from devinterp.optim.sgld import SGLD
+    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    problem = _problem(size)
+    nbeta = float(N / np.log(N))
+    width = SIZES[size]
+    model = torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False) for _ in range(LAYERS)])
+    with torch.no_grad():
+        for i, layer in enumerate(model):
+            layer.weight.copy_(torch.from_numpy(problem.center[f"w{i}"]))
+    x = torch.from_numpy(problem.data["x"])
+    y = torch.from_numpy(problem.data["y"])
+    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)
+    log2pi = float(np.log(2 * np.pi))
+
+    def evaluate(model, batch):
+        xb, yb = batch
+        out = model(xb)
+        nll = 0.5 * ((yb - out) ** 2).sum(-1) + 0.5 * yb.shape[-1] * log2pi
+        return nll.mean(), {"output": out}
+
+    def run(num_steps: int) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        res = estimate_learning_coeff_with_summary(
+            model, loader, evaluate=evaluate, sampling_method=SGLD,
+            optimizer_kwargs={"lr": STEP_SIZE[size], "localization": gamma, "nbeta": nbeta},
+            num_chains=chains, num_draws=num_steps // 2, num_burnin_steps=num_steps // 2,
+            num_steps_bw_draws=1, cores=1, seed=0, verbose=False, device="cpu",
+        )  # fmt: skip
+        return time.perf_counter() - t0, float(res["llc/mean"])
+
+    run(max(4, min(20, steps // 10)))  # warm-up
+    times, llc = [], float("nan")
+    for _ in range(repeats):
+        dt, llc = run(steps)
+        times.append(dt)
+    return {"time_s": times, "compile_s": 0.0, "llc": llc}
+
+
+WORKERS = {
+    "ours": worker_ours,
+    "ours_torch": worker_ours_torch,
+    "minimal": worker_minimal,
+    "devinterp": worker_devinterp,
+}
+
+
+# ------------------------------------------------------------------------------------------- driver
+
+
+def _gamma_for(size: str) -> float:
+    """γ as slt_ppl chooses it by default (unit information), used by every side."""
+    import slt_ppl
+    from models.numpyro_zoo import dln
+
+    model, problem = dln(widths=[SIZES[size]] * (LAYERS + 1), n=N, seed=0)
+    return float(slt_ppl.localize(model, problem.data, problem.center).gamma)
+
+
+def _run_worker(python: str, side: str, size: str, chains: int, steps: int, gamma: float,
+                repeats: int, timeout: float) -> dict:  # fmt: skip
+    cmd = [python, str(Path(__file__).resolve()), "--worker", side, size, str(chains), str(steps),
+           repr(gamma), str(repeats)]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": tail[0][:200]}
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10k parameters only")
+    parser.add_argument("--sizes", default=None, help="comma list of 10k,100k,1M")
+    parser.add_argument("--chains", default="1,8,32", help="comma list of chain counts")
+    parser.add_argument("--sides", default="ours,ours_torch,minimal,devinterp")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="steps per chain (per size default)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
+    parser.add_argument(
+        "--devinterp-steps",
+        type=int,
+        default=None,
+        help="steps per chain for devinterp (default: a tenth of --steps, at least 20; it is slow)",
+    )
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per measurement")
+    parser.add_argument(
+        "--devinterp-python",
+        default=os.environ.get("DEVINTERP_PYTHON", "/tmp/perf_helper/devinterp-venv/bin/python"),
+    )
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        side, size, chains, steps, gamma, repeats = args.worker
+        result = WORKERS[side](size, int(chains), int(steps), float(gamma), int(repeats))
+        result["peak_rss_mb"] = _peak_rss_mb()
+        print("RESULT " + json.dumps(result))
+        return 0
+
+    sizes = ["10k"] if args.quick else (args.sizes or "10k,100k,1M").split(",")
+    chain_list = [int(c) for c in args.chains.split(",")]
+    sides = args.sides.split(",")
+    rows = []
+    load0 = os.getloadavg()
+    for size in sizes:
+        gamma = _gamma_for(size)
+        steps = args.steps or DEFAULT_STEPS[size]
+        for chains in chain_list:
+            for side in sides:
+                python = args.devinterp_python if side == "devinterp" else sys.executable
+                side_steps, side_repeats = steps, args.repeats
+                if side == "devinterp":
+                    side_steps = args.devinterp_steps or max(20, steps // 10)
+                    side_repeats = min(args.repeats, 2)
+                if side == "devinterp" and not Path(python).exists():
+                    res = {"error": f"no devinterp python at {python}"}
+                else:
+                    res = _run_worker(python, side, size, chains, side_steps, gamma,
+                                      side_repeats, args.timeout)  # fmt: skip
+                row = {"size": size, "params": LAYERS * SIZES[size] ** 2, "chains": chains,
+                       "side": side, "steps": side_steps, "gamma": gamma, **res}  # fmt: skip
+                if "time_s" in res:
+                    row["chain_steps_per_s"] = (
+                        chains * side_steps / statistics.median(res["time_s"])
+                    )
+                rows.append(row)
+                _print_row(row)
+    _ratios(rows)
+    meta = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "load_before": load0,
+        "load_after": os.getloadavg(),
+        "n": N,
+        "batch": BATCH,
+        "step_size": STEP_SIZE,
+        "python": sys.version.split()[0],
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"llc_speed_{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    load1 = meta["load_after"][0]
+    print(f"\n{meta['cpu']}, {meta['cores']} cores, load {load0[0]:.1f} -> {load1:.1f}")
+    print(f"wrote {path}")
+    return 0
+
+
+def _print_row(row: dict) -> None:
+    if "error" in row:
+        print(
+            f"{row['size']:>5} {row['chains']:>3} {row['side']:<11} n/a: {row['error']}", flush=True
+        )
+        return
+    print(
+        f"{row['size']:>5} {row['chains']:>3} {row['side']:<11} {row['chain_steps_per_s']:>10.0f} "
+        f"chain-steps/s  compile {row['compile_s']:6.1f} s  peak RSS {row['peak_rss_mb']:7.0f} MB  "
+        f"llc {row['llc']:9.2f}",
+        flush=True,
+    )
+
+
+def _ratios(rows: list[dict]) -> None:
+    by = {(r["size"], r["chains"], r["side"]): r.get("chain_steps_per_s") for r in rows}
+    print("\nratios (ours chain-steps/s over the other side's):")
+    for (size, chains, side), speed in by.items():
+        if side != "ours" or not speed:
+            continue
+        parts = []
+        for other in ("devinterp", "minimal", "ours_torch"):
+            o = by.get((size, chains, other))
+            if o:
+                parts.append(f"vs {other} {speed / o:.2f}x")
+        print(f"  {size:>5} x{chains:<3} " + ", ".join(parts))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The performance paths of the sampling loop change nothing observable (no timings here)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import slt_ppl
+from models.numpyro_zoo import dln, normal_crossing
+from slt_ppl.kernels import get_kernel
+from slt_ppl.sampling.loop import SegmentRunner
+
+
+def _run(post, kernel: str, center_table: str, thin: int = 1):
+    k = get_kernel(kernel)
+    runner = SegmentRunner(post, k, 50, thin, 3, True, True, 1e3, center_table=center_table)
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(3))
+    state = runner.init(keys, jnp.broadcast_to(post.center, (3, post.dim)) + 0.01)
+    seg = runner.build(20)
+    out = seg(state, keys, jax.random.PRNGKey(1), 1e-4, 0)
+    return runner, seg, out
+
+
+@pytest.fixture(scope="module")
+def post():
+    model, problem = dln(widths=[4, 3, 4], n=400, seed=2)
+    return slt_ppl.localize(model, problem.data, problem.center)
+
+
+@pytest.mark.parametrize("kernel,thin", [("sgld", 1), ("sgld", 2), ("sghmc", 1)])
+def test_center_table_matches_forward_pass(post, kernel: str, thin: int) -> None:
+    runner, _, (state_a, rec_a) = _run(post, kernel, "auto", thin)
+    assert runner.center_losses() is not None  # the DLN loss is a per-datum mean
+    _, _, (state_b, rec_b) = _run(post, kernel, "off", thin)
+    np.testing.assert_allclose(rec_a.loss_center, rec_b.loss_center, rtol=1e-5)
+    for field in ("loss", "acceptance", "grad_norm", "distance", "position"):
+        np.testing.assert_array_equal(getattr(rec_a, field), getattr(rec_b, field))
+    np.testing.assert_array_equal(state_a.kernel_state.position, state_b.kernel_state.position)
+
+
+def test_center_table_refused_for_non_separable_loss() -> None:
+    model, problem = normal_crossing(n=300)
+    base = slt_ppl.localize(model, problem.data, problem.center)
+
+    def batch_mean_loss(w, batch):  # depends on the batch as a whole: not a per-datum mean
+        return base.loss_fn(w, batch) + jnp.mean(batch["x"]) ** 2
+
+    post = base.replace(loss_fn=batch_mean_loss)
+    runner = SegmentRunner(post, get_kernel("sgld"), 50, 1, 3, False, True, 1e3)
+    assert runner.center_losses() is None
+
+
+def test_compile_time_is_recorded(post) -> None:
+    runner, seg, _ = _run(post, "sgld", "auto")
+    assert runner.stats["compile_time_s"] > 0
+    before = runner.stats["compile_time_s"]
+    seg(*_fresh(runner), 1e-4, 20)
+    assert runner.stats["compile_time_s"] == before  # compiled once per segment length
+
+
+def _fresh(runner):
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(3))
+    state = runner.init(keys, jnp.broadcast_to(runner.posterior.center, (3, runner.posterior.dim)))
+    return state, keys, jax.random.PRNGKey(1)
