@@ -420,8 +420,27 @@ def _check_settings(
             "sample() needs a LocalPosterior from slt_ppl.localize(...), got "
             f"{type(posterior).__name__}"
         )
-    if isinstance(kernel, str) and kernel not in KERNEL_NAMES:
-        raise SettingError(f"unknown kernel {kernel!r}; choose one of {KERNEL_NAMES}")
+    check_run_settings(
+        posterior.n, kernel, KERNEL_NAMES, FULL_BATCH_KERNELS, batch_size, num_chains, num_draws,
+        num_burnin, thin, diag_every,
+    )  # fmt: skip
+
+
+def check_run_settings(
+    n: int,
+    kernel: Any,
+    kernel_names: tuple[str, ...],
+    full_batch_kernels: Any,
+    batch_size: int | None,
+    num_chains: int,
+    num_draws: int,
+    num_burnin: int | None,
+    thin: int,
+    diag_every: int,
+) -> None:
+    """The settings checks shared by the JAX and torch samplers (same messages in both)."""
+    if isinstance(kernel, str) and kernel not in kernel_names:
+        raise SettingError(f"unknown kernel {kernel!r}; choose one of {kernel_names}")
     for name, value, minimum in [
         ("num_chains", num_chains, 1),
         ("num_draws", num_draws, 1),
@@ -435,13 +454,9 @@ def _check_settings(
     if batch_size is not None:
         if not isinstance(batch_size, int | np.integer) or batch_size < 1:
             raise SettingError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if batch_size > posterior.n:
+        if batch_size > n:
             raise SettingError(
-                f"batch_size = {batch_size} exceeds the number of data points n = {posterior.n}"
+                f"batch_size = {batch_size} exceeds the number of data points n = {n}"
             )
-    if (
-        isinstance(kernel, str)
-        and kernel in FULL_BATCH_KERNELS
-        and batch_size not in (None, posterior.n)
-    ):
+    if isinstance(kernel, str) and kernel in full_batch_kernels and batch_size not in (None, n):
         raise SettingError(f"kernel {kernel!r} is full batch; batch_size must be None or n")

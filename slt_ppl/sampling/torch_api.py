@@ -180,28 +180,9 @@ def check_settings(
     diag_every: int,
 ) -> None:
     """The checks of ``sampling.api`` with the torch kernel names (same messages)."""
-    if isinstance(kernel, str) and kernel not in KERNEL_NAMES:
-        raise SettingError(f"unknown kernel {kernel!r}; choose one of {KERNEL_NAMES}")
-    for name, value, minimum in [
-        ("num_chains", num_chains, 1),
-        ("num_draws", num_draws, 1),
-        ("thin", thin, 1),
-        ("diag_every", diag_every, 1),
-    ]:
-        if not isinstance(value, int | np.integer) or value < minimum:
-            raise SettingError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if num_burnin is not None and (not isinstance(num_burnin, int | np.integer) or num_burnin < 0):
-        raise SettingError(f"num_burnin must be a non-negative integer, got {num_burnin!r}")
-    if batch_size is not None:
-        if not isinstance(batch_size, int | np.integer) or batch_size < 1:
-            raise SettingError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if batch_size > posterior.n:
-            raise SettingError(
-                f"batch_size = {batch_size} exceeds the number of data points n = {posterior.n}"
-            )
-    if (
-        isinstance(kernel, str)
-        and kernel in FULL_BATCH_KERNELS
-        and batch_size not in (None, posterior.n)
-    ):
-        raise SettingError(f"kernel {kernel!r} is full batch; batch_size must be None or n")
+    from slt_ppl.sampling.api import check_run_settings
+
+    check_run_settings(
+        posterior.n, kernel, KERNEL_NAMES, FULL_BATCH_KERNELS, batch_size, num_chains, num_draws,
+        num_burnin, thin, diag_every,
+    )  # fmt: skip
