@@ -27,13 +27,20 @@ def get_kernel(kernel: str | Kernel, **options: Any) -> Kernel:
     """A :class:`Kernel` from its name (``options`` go to the builder) or a ready kernel."""
     if isinstance(kernel, Kernel):
         return kernel
-    builders = {**SG_KERNELS, **FULL_BATCH_KERNELS}
-    if kernel not in builders:
-        raise SettingError(f"unknown kernel {kernel!r}; choose one of {KERNEL_NAMES}")
+    return build_named(kernel, {**SG_KERNELS, **FULL_BATCH_KERNELS}, KERNEL_NAMES, options)
+
+
+def build_named(
+    name: Any, builders: dict[str, Callable[..., Any]], names: tuple[str, ...], options: dict
+) -> Any:
+    """Look ``name`` up in ``builders`` and build it with ``options``; our own error for a bad name
+    or bad options (shared by the JAX and torch registries)."""
+    if name not in builders:
+        raise SettingError(f"unknown kernel {name!r}; choose one of {names}")
     try:
-        return builders[kernel](**options)
+        return builders[name](**options)
     except (TypeError, ValueError) as err:
-        raise SettingError(f"bad options {options} for kernel {kernel!r}: {err}") from err
+        raise SettingError(f"bad options {options} for kernel {name!r}: {err}") from err
 
 
 __all__ = [

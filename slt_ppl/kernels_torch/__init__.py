@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from slt_ppl.errors import SettingError
+from slt_ppl.kernels import build_named
 from slt_ppl.kernels_torch.base import StepInfo, TorchKernel
 from slt_ppl.kernels_torch.mala import mala
 from slt_ppl.kernels_torch.momentum import sghmc, sgnht
@@ -27,13 +27,7 @@ def get_kernel(kernel: str | TorchKernel, **options: Any) -> TorchKernel:
     """A :class:`TorchKernel` from its name (``options`` go to the builder) or a ready kernel."""
     if isinstance(kernel, TorchKernel):
         return kernel
-    builders = {**SG_KERNELS, **FULL_BATCH_KERNELS}
-    if kernel not in builders:
-        raise SettingError(f"unknown kernel {kernel!r}; choose one of {KERNEL_NAMES}")
-    try:
-        return builders[kernel](**options)
-    except (TypeError, ValueError) as err:
-        raise SettingError(f"bad options {options} for kernel {kernel!r}: {err}") from err
+    return build_named(kernel, {**SG_KERNELS, **FULL_BATCH_KERNELS}, KERNEL_NAMES, options)
 
 
 __all__ = [

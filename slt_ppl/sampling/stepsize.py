@@ -130,14 +130,30 @@ def accuracy_caps(
         g_diag = jnp.ones_like(post.center)
     sub = {k: v[: min(post.n, 2048)] for k, v in post.data.items()}
     curvature = top_curvature(post, sub, metric=g_diag)
+    caps = caps_from_statistics(
+        kernel, curvature, float(jnp.sum(g_diag)), float(jnp.sum(g_diag**2 * noise)),
+        curvature_fraction, noise_fraction,
+    )  # fmt: skip
+    return caps, curvature
+
+
+def caps_from_statistics(
+    kernel: Any,
+    curvature: float,
+    sum_precond: float,
+    total_noise: float,
+    curvature_fraction: float,
+    noise_fraction: float,
+) -> dict[str, float]:
+    """The cap arithmetic of :func:`accuracy_caps`, shared with the torch backend: ``curvature`` is
+    λ_max(G^½∇²UG^½), ``sum_precond`` Σ G_i and ``total_noise`` Σ G_i² Σ_B,ii."""
     caps = {"curvature": curvature_fraction / curvature}
-    total_noise = float(jnp.sum(g_diag**2 * noise))
     if not kernel.full_batch and total_noise > 0 and math.isfinite(total_noise):
-        cap = 4.0 * noise_fraction * float(jnp.sum(g_diag)) / total_noise
+        cap = 4.0 * noise_fraction * sum_precond / total_noise
         if kernel.proposal == "probe":
             cap *= 0.5 * float(kernel.params["friction"])
         caps["gradient_noise"] = cap
-    return caps, curvature
+    return caps
 
 
 def _host(x: Any) -> np.ndarray:

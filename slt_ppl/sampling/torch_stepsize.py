@@ -16,6 +16,7 @@ import torch
 
 from slt_ppl.backends.torch_common import hvp
 from slt_ppl.posterior_torch import TorchLocalPosterior
+from slt_ppl.sampling.stepsize import caps_from_statistics
 
 Tensor = torch.Tensor
 
@@ -86,11 +87,8 @@ def accuracy_caps(runner, curvature_fraction: float, noise_fraction: float) -> t
         g_diag = torch.ones_like(post.center)
     sub = {k: v[: min(post.n, 2048)] for k, v in post.data.items()}
     curvature = top_curvature(post, sub, metric=g_diag)
-    caps = {"curvature": curvature_fraction / curvature}
-    total_noise = float(torch.sum(g_diag**2 * noise))
-    if not kernel.full_batch and total_noise > 0 and math.isfinite(total_noise):
-        cap = 4.0 * noise_fraction * float(torch.sum(g_diag)) / total_noise
-        if kernel.proposal == "probe":
-            cap *= 0.5 * float(kernel.params["friction"])
-        caps["gradient_noise"] = cap
+    caps = caps_from_statistics(
+        kernel, curvature, float(torch.sum(g_diag)), float(torch.sum(g_diag**2 * noise)),
+        curvature_fraction, noise_fraction,
+    )  # fmt: skip
     return caps, curvature
