@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -108,5 +109,17 @@ def test_improper_likelihood_at_center():
         numpyro.sample("y", dist.HalfNormal(1.0), obs=y - w * x)
 
     data = {"x": np.ones(10, np.float32), "y": -np.ones(10, np.float32)}
-    with pytest.raises(ModelError, match="not finite"):
+    # the model is traced at the center, so the observed values y − w*·x are checked against the
+    # support there (before the loss is evaluated)
+    with pytest.raises(DataError, match="outside its support"):
         slt_ppl.localize(model, data, {"w": 0.0})
+
+
+def test_non_finite_loss_at_center():
+    def model(x, y=None):
+        s = numpyro.sample("s", dist.Normal(0, 1))
+        numpyro.sample("y", dist.Normal(x, jnp.abs(s)), obs=y)  # zero scale at s = 0
+
+    data = {"x": np.zeros(10, np.float32), "y": np.ones(10, np.float32)}
+    with pytest.raises(ModelError, match="not finite"):
+        slt_ppl.localize(model, data, {"s": 0.0})

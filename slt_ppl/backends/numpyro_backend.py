@@ -33,10 +33,21 @@ from slt_ppl.posterior import LocalPosterior
 from slt_ppl.preflight import check_observed_sites
 
 
-def trace_model(model: Callable[..., Any], data: Mapping[str, Any]) -> dict[str, dict]:
-    """Run the model once under ``seed`` + ``trace`` on ``data`` and return its trace."""
+def trace_model(
+    model: Callable[..., Any],
+    data: Mapping[str, Any],
+    values: Mapping[str, Any] | None = None,
+) -> dict[str, dict]:
+    """Run the model once under ``seed`` + ``trace`` on ``data`` and return its trace.
+
+    ``values`` (site name → value, e.g. the center) are substituted for those sites instead of
+    drawing them from their distributions: the trace then needs no random draws, each of which
+    would otherwise be compiled once per site shape (≈ 0.3 s per site on a CPU).
+    """
     from numpyro import handlers
 
+    if values:
+        model = handlers.substitute(model, data=dict(values))
     try:
         return handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(**data)
     except TypeError as err:
@@ -83,6 +94,27 @@ def split_sites(tr: Mapping[str, dict]) -> tuple[dict[str, dict], dict[str, dict
     return latent, observed
 
 
+def _center_values(center: Any) -> dict[str, jax.Array] | None:
+    """The center's values as arrays for substitution, or None when it is not a dict of numbers
+    (the center check then reports the problem)."""
+    if not isinstance(center, Mapping):
+        return None
+    try:
+        return {str(k): jnp.asarray(v) for k, v in center.items()}
+    except (TypeError, ValueError):
+        return None
+
+
+def _site_shape(site: Mapping[str, Any]) -> tuple[int, ...]:
+    """A latent site's shape from its distribution (sample_shape + batch + event shape), which
+    does not depend on whether the value was drawn or substituted."""
+    sample_shape = tuple(site.get("kwargs", {}).get("sample_shape", ()) or ())
+    try:
+        return sample_shape + tuple(site["fn"].shape())
+    except Exception:  # an exotic distribution without shape(): the traced value's shape
+        return tuple(np.shape(site["value"]))
+
+
 def unconstrain_center(
     center: Mapping[str, Any], latent: Mapping[str, dict]
 ) -> tuple[dict[str, jax.Array], dict[str, Any]]:
@@ -107,16 +139,17 @@ def unconstrain_center(
     unconstrained: dict[str, jax.Array] = {}
     for name, site in latent.items():
         value = jnp.asarray(center[name], dtype=jnp.result_type(float))
-        expected = tuple(np.shape(site["value"]))
+        expected = _site_shape(site)
         if tuple(value.shape) != expected:
             raise CenterError(
                 f"center[{name!r}] has shape {tuple(value.shape)}, the model's site has shape "
                 f"{expected}"
             )
-        if not bool(jnp.all(jnp.isfinite(value))):
+        # host-side checks: an eager jnp reduction would compile once per site shape
+        if not np.all(np.isfinite(np.asarray(value))):
             raise CenterError(f"center[{name!r}] holds non-finite values")
         u = transforms[name].inv(value)
-        if not bool(jnp.all(jnp.isfinite(u))):
+        if not np.all(np.isfinite(np.asarray(u))):
             raise CenterError(
                 f"center[{name!r}] lies outside the support {site['fn'].support} of its "
                 "distribution"
@@ -165,10 +198,17 @@ def localize_numpyro(
     """Build the local posterior of a NumPyro model (see the module docstring)."""
     arrays, n = validate_data(data)
     jdata = {k: jnp.asarray(v) for k, v in arrays.items()}
-    probe = {k: v[: min(n, 8)] for k, v in jdata.items()}
-    tr = trace_model(model, probe)
+    probe = {k: jnp.asarray(np.asarray(v)[: min(n, 8)]) for k, v in arrays.items()}
+    given = _center_values(center)
+    try:
+        tr = trace_model(model, probe, given)
+    except ModelError:
+        # a center of the wrong shape can break the model itself: trace with draws from the
+        # prior instead, so that the center check below names the site and both shapes
+        given = None
+        tr = trace_model(model, probe)
     latent, observed = split_sites(tr)
-    full_trace = trace_model(model, jdata) if n > len(next(iter(probe.values()))) else tr
+    full_trace = trace_model(model, jdata, given) if n > len(next(iter(probe.values()))) else tr
     check_observed_sites({k: full_trace[k] for k in observed if k in full_trace})
     params_u, transforms = unconstrain_center(center, latent)
     flat_center, unravel = ravel_pytree(params_u)
@@ -179,7 +219,7 @@ def localize_numpyro(
         n=n,
         center=flat_center,
         unravel=unravel,
-        sites={k: tuple(np.shape(s["value"])) for k, s in latent.items()},
+        sites={k: _site_shape(s) for k, s in latent.items()},
         backend="numpyro",
         constrain=constrain,
         nbeta=nbeta,

@@ -209,8 +209,11 @@ def sample(
         tune_master = jax.random.fold_in(master, 2)
         tune_keys = jax.vmap(lambda k: jax.random.fold_in(tune_master, k))(jnp.arange(num_chains))
         tune_batch = tune_master if shared_batches else tune_keys
-        tuner = SegmentRunner(posterior, kern, batch, 1, 1, False, shared_batches, float(explode))
-        step_size, tuning = tune_step_size(tuner, state, tune_keys, tune_batch)
+        if mesh is not None:
+            tune_keys = sharding.shard_chains(tune_keys, mesh)
+            if not shared_batches:
+                tune_batch = sharding.shard_chains(tune_batch, mesh)
+        step_size, tuning = tune_step_size(runner.for_tuning(), state, tune_keys, tune_batch)
     else:
         try:
             step_size = float(step_size)
@@ -232,6 +235,7 @@ def sample(
         from slt_ppl.sampling.stream import DrawStream
 
         stream = DrawStream(stream_to, posterior, num_chains, num_burnin_draws)
+    compile_before = runner.stats.get("compile_time_s", 0.0)
     try:
         records, state, wall, outcome = run_with_recovery(
             functools.partial(_run_segments, stream=stream), runner, state, chain_keys, batch_keys,
@@ -270,7 +274,9 @@ def sample(
             if outcome.resumed_from_draw is None
             else outcome.resumed_from_draw,
             "checkpoint": "" if ckpt_file is None else str(ckpt_file),
-            "sampling_time_s": float(wall - runner.stats.get("compile_time_s", 0.0)),
+            "sampling_time_s": float(
+                wall - (runner.stats.get("compile_time_s", 0.0) - compile_before)
+            ),
             "compile_time_s": float(runner.stats.get("compile_time_s", 0.0)),
             "num_devices": len(shard_devices) if shard_devices else 1,
             **({"draws_file": os.fspath(stream_to)} if stream_to is not None else {}),
@@ -322,10 +328,9 @@ def _run_segments(
             length = min(seg, total - start)
             if length not in compiled:
                 compiled[length] = runner.build(length)
-            state, rec = compiled[length](
+            state, piece = compiled[length](
                 state, chain_keys, batch_keys, jnp.asarray(step_size), start
             )
-            piece = jax.device_get(rec)
             if stream is not None:  # hand the draws to disk, keep only the statistics
                 stream.append(piece)
                 piece = piece._replace(position=np.zeros((*piece.loss.shape, 0), piece.loss.dtype))

@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from slt_ppl.kernels.base import Kernel
 from slt_ppl.posterior import LocalPosterior
@@ -117,7 +118,25 @@ class SegmentRunner:
     explode: float
     center_table: str = "auto"
     mesh: Any = None
+    chunk: int = 100
     stats: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
+    programs: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def for_tuning(self) -> SegmentRunner:
+        """The runner the step-size tuner probes with (one step per draw, no kept draws).
+
+        When this runner already has ``thin == 1`` and keeps no draws it is returned itself, so the
+        tuner's probes and the sampling run share one compiled program (the diagnostic frequency is
+        an argument of the program, not a constant of it). Otherwise a variant that shares the
+        center table and the timing stats.
+        """
+        if self.thin == 1 and not self.keep_draws:
+            return self
+        twin = dataclasses.replace(self, thin=1, keep_draws=False, programs={})
+        object.__setattr__(twin, "stats", self.stats)
+        if "_table" in self.__dict__:
+            twin.__dict__["_table"] = self.__dict__["_table"]
+        return twin
 
     # -- minibatches and potentials -------------------------------------------------------------
 
@@ -277,7 +296,7 @@ class SegmentRunner:
                 return jnp.where(jnp.isnan(log_a), 0.0, jnp.exp(jnp.minimum(log_a, 0.0)))
 
             acceptance = jax.lax.cond(
-                (i % self.diag_every) == 0, diagnose, lambda _: nan, operand=None
+                (i % ctx.diag_every) == 0, diagnose, lambda _: nan, operand=None
             )
 
         exploded = (loss - loss_center) > self.explode * (1.0 + jnp.abs(loss_center))
@@ -308,34 +327,47 @@ class SegmentRunner:
     # -- compiled segments ----------------------------------------------------------------------
 
     def build(self, num_draws: int) -> CompiledSegment:
-        """Jitted ``run(states, chain_keys, batch_keys, step_size, start_draw)``, num_draws long.
+        """``run(states, chain_keys, batch_keys, step_size, start_draw[, diag_every])`` advancing
+        every chain by ``num_draws`` draws.
+
+        A segment is cut into pieces of ``chunk`` draws (plus one shorter remainder), and each piece
+        length is compiled once per runner: the tuner's probes, the burn-in and the sampling
+        segments all call the same program, so a run compiles one sampling program instead of one
+        per segment length (compilation, not sampling, dominated short runs: 3 programs of 3-10 s
+        each for a 5-layer DLN). The pieces are dispatched back to back without a host round trip.
 
         The data, w* and the center table are arguments of the compiled function, not constants
         baked into it (constants make XLA constant-fold the data: long compiles, duplicated memory).
         With a ``mesh`` the chain axis of states, keys and records is sharded over its devices.
         """
-        fn = self.segment_fn(num_draws)
-        if self.mesh is None:
-            jitted = jax.jit(fn)
-        else:
-            from slt_ppl.sampling.sharding import segment_shardings
+        return CompiledSegment(self, num_draws)
 
-            in_shardings, out_shardings = segment_shardings(self.mesh, self.shared_batches)
-            jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings)
-        return CompiledSegment(jitted, self.segment_args(), self.stats)
+    def program(self, length: int) -> CompiledProgram:
+        """The compiled piece of ``length`` draws (built once per runner and length)."""
+        if length not in self.programs:
+            fn = self.segment_fn(length)
+            if self.mesh is None:
+                jitted = jax.jit(fn)
+            else:
+                from slt_ppl.sampling.sharding import segment_shardings
+
+                in_shardings, out_shardings = segment_shardings(self.mesh, self.shared_batches)
+                jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings)
+            self.programs[length] = CompiledProgram(jitted, self.stats)
+        return self.programs[length]
 
     def segment_args(self) -> tuple[dict[str, Array], Array, Array | None]:
         """The traced inputs of a segment besides the chain states: (data, w*, center table)."""
         return (self.posterior.data, self.posterior.center, self._table)
 
     def segment_fn(self, num_draws: int) -> Callable[..., tuple[ChainState, DrawRecord]]:
-        """Un-jitted ``run(args, states, chain_keys, batch_keys, step_size, start)``."""
+        """Un-jitted ``run(args, states, chain_keys, batch_keys, step_size, start, diag_every)``."""
         base = self.posterior
         batch_axis = None if self.shared_batches else 0
 
-        def run(args, states, chain_keys, batch_keys, step_size, start):
+        def run(args, states, chain_keys, batch_keys, step_size, start, diag_every):
             data, center, table = args
-            ctx = _Context(dataclasses.replace(base, data=data, center=center), table)
+            ctx = _Context(dataclasses.replace(base, data=data, center=center), table, diag_every)
 
             def one_chain(state, chain_key, batch_key):
                 draws = start + jnp.arange(num_draws)
@@ -350,32 +382,16 @@ class SegmentRunner:
         return run
 
 
-class CompiledSegment:
-    """A segment function compiled ahead of time on its first call, its compile time recorded.
+class CompiledProgram:
+    """One segment piece compiled ahead of time on its first call, its compile time recorded in
+    ``stats["compile_time_s"]`` so that timings of the sampling itself exclude compilation."""
 
-    Calling it runs ``jitted(args, states, chain_keys, batch_keys, step_size, start)``; the first
-    call lowers and compiles for the given shapes and adds the seconds spent to
-    ``stats["compile_time_s"]``, so timings of the sampling itself exclude compilation.
-    """
-
-    def __init__(self, jitted: Any, args: tuple[Any, ...], stats: dict[str, float]) -> None:
+    def __init__(self, jitted: Any, stats: dict[str, float]) -> None:
         self.jitted = jitted
-        self.args = args
         self.stats = stats
         self.compiled: Any = None
 
-    def __call__(
-        self, states: ChainState, chain_keys: Array, batch_keys: Array, step_size: Any, start: Any
-    ) -> tuple[ChainState, DrawRecord]:
-        """Advance all chains by one segment; see :meth:`SegmentRunner.build`."""
-        call = (
-            self.args,
-            states,
-            chain_keys,
-            batch_keys,
-            jnp.asarray(step_size),
-            jnp.asarray(start),
-        )
+    def __call__(self, *call: Any) -> tuple[ChainState, DrawRecord]:
         if self.compiled is None:
             t0 = time.perf_counter()
             self.compiled = self.jitted.lower(*call).compile()
@@ -384,8 +400,51 @@ class CompiledSegment:
         return self.compiled(*call)
 
 
+class CompiledSegment:
+    """``num_draws`` draws for all chains as a sequence of compiled pieces (see
+    :meth:`SegmentRunner.build`); records come back as NumPy arrays, draws along axis 1."""
+
+    def __init__(self, runner: SegmentRunner, num_draws: int) -> None:
+        self.runner = runner
+        self.num_draws = int(num_draws)
+        chunk = max(1, int(runner.chunk))
+        full, rest = divmod(self.num_draws, chunk)
+        self.pieces = [chunk] * full + ([rest] if rest else [])
+
+    def __call__(
+        self,
+        states: ChainState,
+        chain_keys: Array,
+        batch_keys: Array,
+        step_size: Any,
+        start: Any,
+        diag_every: int | None = None,
+    ) -> tuple[ChainState, DrawRecord]:
+        """Advance all chains by the segment's draws, starting at global draw ``start``;
+        ``diag_every`` defaults to the runner's."""
+        runner = self.runner
+        args = runner.segment_args()
+        eps = jnp.asarray(step_size)
+        every = jnp.asarray(runner.diag_every if diag_every is None else diag_every, jnp.int32)
+        offset = int(start)
+        records = []
+        for length in self.pieces:
+            call = (args, states, chain_keys, batch_keys, eps, jnp.asarray(offset), every)
+            states, rec = runner.program(length)(*call)
+            records.append(rec)
+            offset += length
+        if len(records) == 1:
+            return states, jax.device_get(records[0])
+        pieces = jax.device_get(records)
+        merged = DrawRecord(
+            *(np.concatenate([getattr(p, f) for p in pieces], axis=1) for f in DrawRecord._fields)
+        )
+        return states, merged
+
+
 class _Context(NamedTuple):
     """Traced per-call inputs: the posterior with traced data and center, and the center table."""
 
     post: LocalPosterior
     table: Array | None
+    diag_every: Array

@@ -78,7 +78,7 @@ def shard_chains(tree: Any, mesh: Mesh) -> Any:
 
 def segment_shardings(mesh: Mesh, shared_batches: bool) -> tuple[tuple[Any, ...], Any]:
     """(in_shardings, out_shardings) of ``SegmentRunner.segment_fn``'s
-    ``run(args, states, chain_keys, batch_keys, step_size, start) -> (states, records)``."""
+    ``run(args, states, chain_keys, batch_keys, step_size, start, diag_every) -> (states, records)``."""
     chains, rep = chain_sharding(mesh), replicated(mesh)
     batch = rep if shared_batches else chains
-    return (rep, chains, chains, batch, rep, rep), (chains, chains)
+    return (rep, chains, chains, batch, rep, rep, rep), (chains, chains)

@@ -199,7 +199,9 @@ def tune_step_size(
     lo = hi = None  # lo: largest ε with acceptance too high; hi: smallest with acceptance too low
     best: tuple[float, float] | None = None
     for round_ in range(max_rounds):
-        new_state, rec = run(state, chain_keys, batch_keys, jnp.asarray(eps), round_ * probe_draws)
+        new_state, rec = run(
+            state, chain_keys, batch_keys, jnp.asarray(eps), round_ * probe_draws, diag_every=1
+        )
         acc = _host(rec.acceptance)[:, probe_draws // 2 :]
         diverged = _host(new_state.diverged_at) >= 0
         mean_acc = (
@@ -232,7 +234,12 @@ def tune_step_size(
     verified: list[tuple[float, float, bool]] = []
     for round_ in range(max_verify):
         new_state, rec = verify(
-            state, chain_keys, batch_keys, jnp.asarray(chosen), (max_rounds + round_) * verify_draws
+            state,
+            chain_keys,
+            batch_keys,
+            jnp.asarray(chosen),
+            (max_rounds + round_) * verify_draws,
+            diag_every=1,
         )
         diverged = bool((_host(new_state.diverged_at) >= 0).any())
         acc = _host(rec.acceptance)

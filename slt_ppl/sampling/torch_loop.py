@@ -226,12 +226,25 @@ class TorchSegmentRunner:
         return state, TorchDrawRecord(**host)
 
     def build(self, num_draws: int) -> Callable[..., tuple[TorchChainState, TorchDrawRecord]]:
-        """``run(state, gen, batch_gen, step_size, start)`` for ``num_draws`` draws — the signature
-        :func:`slt_ppl.sampling.stepsize.tune_step_size` calls (``batch_gen`` is unused: one
-        generator
-        drives chains and minibatches)."""
+        """``run(state, gen, batch_gen, step_size, start[, diag_every])`` for ``num_draws`` draws —
+        the signature :func:`slt_ppl.sampling.stepsize.tune_step_size` calls (``batch_gen`` is
+        unused: one generator drives chains and minibatches). The diagnostic frequency is the
+        runner's own (the torch tuner builds its runner with ``diag_every=1``); a different one is
+        refused rather than ignored."""
 
-        def run(state: TorchChainState, gen: torch.Generator, _: Any, step_size: Any, start: Any):
+        def run(
+            state: TorchChainState,
+            gen: torch.Generator,
+            _: Any,
+            step_size: Any,
+            start: Any,
+            diag_every: int | None = None,
+        ):
+            if diag_every is not None and int(diag_every) != self.diag_every:
+                raise ValueError(
+                    f"this runner computes the diagnostic every {self.diag_every} draws, "
+                    f"not {diag_every}"
+                )
             return self.run(state, gen, float(step_size), int(start), num_draws)
 
         return run
