@@ -7,6 +7,7 @@ Usage: ``python -m validation.report --out DIR [--quick | --full]`` or ``slt-ppl
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -115,22 +116,55 @@ def _plot_rescaling(ds: xr.Dataset, path: Path) -> None:
 def _plot_training(ds: xr.Dataset, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig, ax1 = plt.subplots(figsize=(7, 4))
-    ax1.plot(ds["curve_step"], ds["curve_loss"], "k-", lw=1, label="training loss")
-    ax1.set(xlabel="gradient step", ylabel="training loss (½ MSE)", yscale="log")
-    ax2 = ax1.twinx()
-    ax2.errorbar(ds["step"], ds["llc"], yerr=ds["llc_se"], fmt="o", color="C1", capsize=3,
-                 label="λ̂ at checkpoint")  # fmt: skip
-    ax2.plot(ds["step"], ds["theory_at_rank"], "x", color="C2", ms=8,
-             label="Aoyagi λ at the effective rank")  # fmt: skip
-    for s, r in zip(ds["step"].values, ds["effective_rank"].values, strict=True):
-        ax2.annotate(f"rank {int(r)}", (s, 0), textcoords="offset points", xytext=(0, 5),
-                     fontsize=8, ha="center")  # fmt: skip
-    ax2.set_ylabel("λ̂")
-    lines = ax1.get_legend_handles_labels()
-    more = ax2.get_legend_handles_labels()
-    ax1.legend(lines[0] + more[0], lines[1] + more[1], loc="center right", fontsize=8)
-    ax1.set_title("LLC along training (DLN, small initialization)")
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True,
+                                   gridspec_kw={"height_ratios": [2, 3]})  # fmt: skip
+    steps, ranks = ds["curve_step"].values, ds["curve_rank"].values
+    ax1.plot(steps, ds["curve_loss"], "k-", lw=1.2, label="training loss")
+    ax1.plot(ds["step"], ds["train_loss"], "o", color="C1", ms=5, label="checkpoints")
+    ax1.set(ylabel="training loss (½ MSE)", yscale="log",
+            title="LLC along training (DLN 6-6-6-6, small initialization)")  # fmt: skip
+    changes = np.flatnonzero(np.diff(ranks) != 0) + 1
+    for ax in (ax1, ax2):
+        for i in changes:
+            ax.axvline(steps[i], color="gray", ls="--", lw=0.8)
+    for i in changes:
+        ax1.annotate(
+            f"rank {int(ranks[i])}",
+            (steps[i], 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -12),
+            textcoords="offset points",
+            fontsize=8,
+            color="gray",
+        )
+    ax1.legend(loc="upper right", fontsize=8)
+    ax2.errorbar(
+        ds["step"],
+        ds["llc"],
+        yerr=3 * ds["llc_se"],
+        fmt="o",
+        color="C1",
+        capsize=3,
+        label="λ̂ at checkpoint (±3 se)",
+    )
+    ax2.plot(
+        ds["step"],
+        ds["llc_quadratic"],
+        "x",
+        color="C0",
+        ms=7,
+        label="½·tr[nβH(nβH+γ)⁻¹] (Gaussian at this γ)",
+    )
+    # Aoyagi's λ at each plateau's rank, drawn across the plateau
+    label = "Aoyagi's λ at that rank"
+    for a, b in itertools.pairwise(np.r_[0, changes, len(steps)]):
+        sel = ds["effective_rank"].values == ranks[a]
+        if sel.any():
+            lam = float(ds["theory_at_rank"].values[sel][0])
+            ax2.hlines(lam, steps[a], steps[b - 1], color="C2", lw=1.5, label=label)
+            label = None
+    ax2.set(xlabel="gradient step", ylabel="λ̂", ylim=(0, None))
+    ax2.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -149,8 +183,9 @@ TABLES = {
     "closed_forms": ("case", ["case", "theory", "llc", "llc_se", "rel_err", "gamma", "step_size",
                               "healthy"]),
     "rescaling": ("alpha", ["alpha", "llc", "llc_se", "rhat", "healthy", "step_size"]),
-    "llc_along_training": ("checkpoint", ["step", "train_loss", "effective_rank", "llc", "llc_se",
-                                          "theory_at_rank", "healthy"]),
+    "llc_along_training": ("checkpoint", ["step", "phase", "train_loss", "effective_rank", "llc",
+                                          "llc_se", "llc_quadratic", "theory_at_rank",
+                                          "hessian_min", "healthy"]),
 }  # fmt: skip
 
 
