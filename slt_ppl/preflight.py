@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slt_ppl.compile_cache import cached_call
 from slt_ppl.errors import DataError, DataWarning, HealthWarning, SuspiciousCenterWarning
 from slt_ppl.posterior import LocalPosterior
 
@@ -49,7 +50,6 @@ def center_gradient(
     def per_datum(w: jax.Array, row: Mapping[str, jax.Array]) -> jax.Array:
         return jax.grad(posterior.loss_fn)(w, {k: v[None] for k, v in row.items()})
 
-    @jax.jit
     def stats(w, data, rows):
         g = jax.grad(posterior.loss_fn)(w, data)
         per = jax.vmap(per_datum, in_axes=(None, 0))(w, rows)
@@ -57,7 +57,9 @@ def center_gradient(
         return jnp.linalg.norm(g), trace_cov
 
     try:
-        grad_norm, trace_cov = (float(x) for x in stats(posterior.center, posterior.data, sub))
+        grad_norm, trace_cov = (
+            float(x) for x in cached_call(stats, posterior.center, posterior.data, sub)
+        )
     except (TypeError, ValueError):
         # a model that cannot run on one-row batches (it reads the data's shape, e.g.
         # x.shape[-1] of 1-D inputs): no per-datum noise scale, z is NaN and the check is skipped

@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--only", nargs="+", choices=list(SUITES), help="run only these suites")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="suites run in this many worker processes (default: the number of CPU cores, at "
+        "most the number of suites; 1 runs them one after another in this process)",
+    )
+    parser.add_argument(
         "--compile-cache",
         default=None,
         metavar="DIR",
@@ -89,7 +96,10 @@ def main_validate(argv: list[str] | None = None) -> int:
     cache = enable_compile_cache(args.compile_cache)
     log(f"slt-ppl validate --{args.mode}: writing to {args.out}"
         + (f" (compilation cache: {cache})" if cache else ""))  # fmt: skip
-    results = run_all(args.mode, progress=not args.no_progress, log=log, only=args.only)
+    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    if jobs < 1:
+        raise SystemExit("slt-ppl validate: --jobs must be at least 1")
+    results = run_all(args.mode, progress=not args.no_progress, log=log, only=args.only, jobs=jobs)
     total = time.perf_counter() - t0
     report = write_report(results, args.out, mode=args.mode, total_s=total)
     failed = [name for name, ds in results.items() if not ds.attrs["passed"]]

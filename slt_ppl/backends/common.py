@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slt_ppl.compile_cache import cached_call
 from slt_ppl.errors import DataError, SettingError
 
 
@@ -152,7 +153,7 @@ def unit_information_gamma(
 
     key = jax.random.PRNGKey(seed)
     probes = jax.random.rademacher(key, (num_probes, d), dtype=center.dtype)
-    quad = jax.jit(jax.vmap(quad_form, in_axes=(0, None, None)))(probes, center, sub)
+    quad = cached_call(jax.vmap(quad_form, in_axes=(0, None, None)), probes, center, sub)
     hbar = float(jnp.mean(quad)) / d
     if not math.isfinite(hbar):
         hbar = 1.0

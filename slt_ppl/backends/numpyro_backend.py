@@ -28,6 +28,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from slt_ppl.backends.common import resolve_nbeta, unit_information_gamma, validate_data
+from slt_ppl.compile_cache import cached_call
 from slt_ppl.errors import CenterError, ModelError, SLTError
 from slt_ppl.posterior import LocalPosterior
 from slt_ppl.preflight import check_observed_sites
@@ -247,7 +248,7 @@ def finish_posterior(
 
     nbeta_value = resolve_nbeta(nbeta, n)
     try:
-        center_loss = float(jax.jit(loss_fn)(center, data))
+        center_loss = float(cached_call(loss_fn, center, data))
     except SLTError:
         raise
     except Exception as err:  # user code under jit: non-traceable control flow, shape errors

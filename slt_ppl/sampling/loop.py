@@ -26,6 +26,7 @@ compiled segment, never constants folded into it; everything else is what the ke
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slt_ppl.compile_cache import cached_call
 from slt_ppl.kernels.base import Kernel
 from slt_ppl.posterior import LocalPosterior
 
@@ -96,7 +98,7 @@ def _center_table_fn(
 
         return jax.lax.map(one, data, batch_size=chunk)
 
-    return jax.jit(table)
+    return functools.partial(cached_call, table)
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,7 @@ class SegmentRunner:
             return None
         try:
             table = _center_table_fn(post.loss_fn, min(1024, post.n))(post.center, post.data)
-            forward = jax.jit(post.loss_fn)
+            forward = functools.partial(cached_call, post.loss_fn)
             key = jax.random.PRNGKey(20240611)
             for j in range(2):
                 idx = jax.random.randint(jax.random.fold_in(key, j), (self.batch_size,), 0, post.n)
@@ -393,8 +395,10 @@ class CompiledProgram:
 
     def __call__(self, *call: Any) -> tuple[ChainState, DrawRecord]:
         if self.compiled is None:
+            from slt_ppl.compile_cache import compile_lowered
+
             t0 = time.perf_counter()
-            self.compiled = self.jitted.lower(*call).compile()
+            self.compiled, _ = compile_lowered(self.jitted.lower(*call))
             dt = time.perf_counter() - t0
             self.stats["compile_time_s"] = self.stats.get("compile_time_s", 0.0) + dt
         return self.compiled(*call)

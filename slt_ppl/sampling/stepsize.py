@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slt_ppl.compile_cache import cached_call, compile_lowered
 from slt_ppl.posterior import LocalPosterior
 from slt_ppl.sampling.loop import ChainState, SegmentRunner
 
@@ -55,21 +56,25 @@ def top_curvature(
     w0 = posterior.center
     root = jnp.ones_like(w0) if metric is None else jnp.sqrt(metric)
 
-    def grad_fn(w: jax.Array) -> jax.Array:
-        return jax.grad(lambda x: posterior.potential(x, batch)[0])(w)
+    def power(
+        v: jax.Array, w: jax.Array, rows: dict[str, jax.Array], root: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        # w*, the data and the metric are arguments (not constants) so that equal programs of
+        # different posteriors share one compiled executable (``compile_cache``)
+        def grad_fn(x: jax.Array) -> jax.Array:
+            return jax.grad(lambda u: posterior.potential(u, rows)[0])(x)
 
-    @jax.jit
-    def power(v: jax.Array) -> tuple[jax.Array, jax.Array]:
-        hv = root * jax.jvp(grad_fn, (w0,), (root * v,))[1]
+        hv = root * jax.jvp(grad_fn, (w,), (root * v,))[1]
         norm = jnp.linalg.norm(hv)
         return hv / jnp.where(norm > 0, norm, 1.0), jnp.vdot(v, hv)
 
     v = jax.random.normal(jax.random.PRNGKey(0), w0.shape, w0.dtype)
     v = v / jnp.linalg.norm(v)
+    args = (v, w0, batch, root)
+    step, _ = compile_lowered(jax.jit(power).lower(*args))
     rayleigh = jnp.asarray(0.0)
     for _ in range(iters):
-        v_next, rayleigh = power(v)
-        v = v_next
+        v, rayleigh = step(v, w0, batch, root)
     value = float(jnp.abs(rayleigh))
     return value if math.isfinite(value) and value > 0 else 1.0
 
@@ -89,17 +94,20 @@ def gradient_moments(
     data = {k: v[:m] for k, v in posterior.data.items()}
     w0 = posterior.center
 
-    def per_datum(row: dict[str, jax.Array]) -> jax.Array:
-        one = {k: v[None] for k, v in row.items()}
-        return jax.grad(posterior.loss_fn)(w0, one)
+    def moments(w: jax.Array, rows: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        def per_datum(row: dict[str, jax.Array]) -> jax.Array:
+            one = {k: v[None] for k, v in row.items()}
+            return jax.grad(posterior.loss_fn)(w, one)
 
-    def body(carry, rows):
-        g = jax.vmap(per_datum)(rows)
-        return (carry[0] + g.sum(0), carry[1] + jnp.sum(g**2, axis=0)), None
+        def body(carry, chunk_rows):
+            g = jax.vmap(per_datum)(chunk_rows)
+            return (carry[0] + g.sum(0), carry[1] + jnp.sum(g**2, axis=0)), None
+
+        init = (jnp.zeros_like(w), jnp.zeros_like(w))
+        return jax.lax.scan(body, init, rows)[0]
 
     rows = {k: v.reshape(m // chunk, chunk, *v.shape[1:]) for k, v in data.items()}
-    init = (jnp.zeros_like(w0), jnp.zeros_like(w0))
-    (total, total_sq), _ = jax.jit(lambda r: jax.lax.scan(body, init, r))(rows)
+    total, total_sq = cached_call(moments, w0, rows)
     mean = total / m
     var = jnp.maximum(total_sq / m - mean**2, 0.0)
     noise = (
