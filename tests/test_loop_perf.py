@@ -64,3 +64,27 @@ def _fresh(runner):
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(3))
     state = runner.init(keys, jnp.broadcast_to(runner.posterior.center, (3, runner.posterior.dim)))
     return state, keys, jax.random.PRNGKey(1)
+
+
+def test_equal_programs_compile_once_and_give_the_same_draws() -> None:
+    """Two posteriors of one model with different centers lower to the same programs: the second
+    sample() compiles nothing, and its draws equal those of a run from an empty cache."""
+    from slt_ppl import compile_cache
+
+    model, problem = dln(widths=[4, 3, 4], n=400, seed=5)
+    other = {k: v + np.float32(0.01) for k, v in problem.center.items()}
+    post_a = slt_ppl.localize(model, problem.data, problem.center, gamma=1.0)
+    post_b = slt_ppl.localize(model, problem.data, other, gamma=1.0)
+    kwargs = dict(step_size=1e-4, num_chains=2, num_draws=30, seed=3, progress=False)
+    compile_cache.clear()
+    slt_ppl.sample(post_a, **kwargs)
+    misses = compile_cache.STATS["misses"]
+    assert misses > 0
+    cached = slt_ppl.sample(post_b, **kwargs)
+    assert compile_cache.STATS["misses"] == misses
+    assert compile_cache.STATS["hits"] > 0
+    compile_cache.clear()
+    fresh = slt_ppl.sample(post_b, **kwargs)
+    np.testing.assert_array_equal(
+        cached["sample_stats"]["loss"].values, fresh["sample_stats"]["loss"].values
+    )
