@@ -66,10 +66,17 @@ def rmsprop(
 
 
 def diagonal(scale: Array) -> Preconditioner:
-    """A fixed diagonal preconditioner G = scale (e.g. matched to a known rescaling of layers)."""
+    """A fixed diagonal preconditioner G = scale (e.g. matched to a known rescaling of layers).
+
+    G is kept in the preconditioner's state rather than closed over, so it enters the compiled
+    sampling loop as an input: runs that differ only in ``scale`` share one compiled program.
+    """
     scale = jnp.asarray(scale)
 
-    def update(state: Any, grad: Array) -> tuple[Any, Array]:
-        return state, jnp.broadcast_to(scale, grad.shape).astype(grad.dtype)
+    def init(position: Array) -> Array:
+        return jnp.broadcast_to(scale, position.shape).astype(position.dtype)
 
-    return Preconditioner("diagonal", lambda position: (), update)
+    def update(state: Array, grad: Array) -> tuple[Array, Array]:
+        return state, state.astype(grad.dtype)
+
+    return Preconditioner("diagonal", init, update)
