@@ -102,9 +102,20 @@ def _plot_rescaling(ds: xr.Dataset, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar(ds["alpha"], ds["llc"], yerr=ds["llc_se"], fmt="o-", capsize=3)
+    ax.errorbar(
+        ds["alpha"],
+        ds["llc"],
+        yerr=ds["llc_se"],
+        fmt="o-",
+        capsize=3,
+        label="SGLD, matching diagonal G",
+    )
     mean = float(ds["llc"].mean())
     ax.axhspan(0.95 * mean, 1.05 * mean, color="gray", alpha=0.2, label="mean ± 5 %")
+    if "plain_sgld_llc" in ds.attrs:  # the contrast: same posterior, no matching preconditioner
+        ax.errorbar([ds.attrs["plain_sgld_alpha"]], [ds.attrs["plain_sgld_llc"]],
+                    yerr=[ds.attrs["plain_sgld_llc_se"]], fmt="s", color="C3", capsize=3,
+                    label="plain SGLD (own auto ε)")  # fmt: skip
     ax.set(xscale="log", xlabel="α  (W1 → α·W1, W2 → W2/α)", ylabel="λ̂",
            title="Rescaling invariance (preconditioned SGLD)", ylim=(0, 1.5 * mean))  # fmt: skip
     ax.legend()
