@@ -24,6 +24,11 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+PERCENT = ("rel_err", "exact_gap")
+# columns not defined for every row (RRR rows have no exact value)
+BLANK_IF_NAN = ("exact", "exact_sxy0", "exact_gap", "z_exact")
+
+
 def table(ds: xr.Dataset, dim: str, columns: list[str]) -> str:
     """A Markdown table of the variables ``columns`` (and coordinates) along ``dim``."""
     cols = [c for c in columns if c in ds.variables]
@@ -34,7 +39,9 @@ def table(ds: xr.Dataset, dim: str, columns: list[str]) -> str:
         for c in cols:
             v = row[c].values
             v = v.item() if np.ndim(v) == 0 else v
-            if c == "rel_err" and isinstance(v, float):
+            if c in BLANK_IF_NAN and isinstance(v, float) and not np.isfinite(v):
+                cells.append("–")
+            elif c in PERCENT and isinstance(v, float):
                 cells.append(f"{v:+.1%}")
             else:
                 cells.append(_fmt(v))
@@ -88,6 +95,10 @@ def _plot_closed(ds: xr.Dataset, path: Path) -> None:
         sel = ds.where(ds["family"] == family, drop=True)
         ax.errorbar(sel["theory"], sel["llc"], yerr=sel["llc_se"], fmt=marker, capsize=2,
                     label=family)  # fmt: skip
+    if "exact" in ds:
+        sel = ds.where(ds["family"] == "crossing", drop=True)
+        ax.plot(sel["theory"], sel["exact"], "kx", ms=7,
+                label="crossing: exact finite-n λ (quadrature)")  # fmt: skip
     top = 1.15 * float(max(ds["theory"].max(), np.nanmax(ds["llc"].values)))
     ax.plot([0, top], [0, top], "k--", lw=1, label="λ̂ = λ")
     ax.set(xscale="symlog", yscale="symlog", xlabel="closed-form λ", ylabel="λ̂",
@@ -191,7 +202,8 @@ PLOTS = {
 TABLES = {
     "dln_sweep": ("run", ["size_class", "widths", "rank", "dim", "step_method", "theory", "llc",
                           "llc_se", "rel_err", "step_size", "healthy", "wall_time_s"]),
-    "closed_forms": ("case", ["case", "theory", "llc", "llc_se", "rel_err", "gamma", "step_size",
+    "closed_forms": ("case", ["case", "n", "theory", "llc", "llc_se", "rel_err", "exact",
+                              "z_exact", "exact_gap", "exact_sxy0", "gamma", "step_size",
                               "healthy"]),
     "rescaling": ("alpha", ["alpha", "llc", "llc_se", "rhat", "healthy", "step_size"]),
     "llc_along_training": ("checkpoint", ["step", "phase", "train_loss", "effective_rank", "llc",
@@ -260,6 +272,13 @@ def write_report(
         elif name in TABLES:
             dim, cols = TABLES[name]
             lines.append(table(ds, dim, cols))
+        if name == "closed_forms" and "exact" in ds:
+            lines += ["", "Crossings: `exact` is the exact LLC of the sampled finite-n posterior "
+                      "(`models.quadrature`), `z_exact` = (λ̂ − exact)/se (the pass criterion), "
+                      "`exact_gap` = exact/theory − 1, the finite-n bias of the target itself, "
+                      "not of the sampler; `exact_sxy0` is exact with Σxy set to 0, which "
+                      "separates the localization/finite-nβ part of that gap from this data "
+                      "set's cross term."]  # fmt: skip
         if name in PLOTS:
             png = out / f"{name}.png"
             PLOTS[name](ds, png)
