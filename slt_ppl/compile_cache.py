@@ -31,9 +31,13 @@ STATS = {"hits": 0, "misses": 0}
 
 
 def _key(lowered: Any) -> str:
+    # the argument signature is part of the key: jit prunes unused arguments from the program,
+    # so two calls whose unused arguments differ in shape lower to the same text, yet an
+    # executable only accepts the argument shapes it was compiled for
+    signature = repr(lowered.args_info)
     text = lowered.as_text()
     backend = jax.default_backend()
-    return hashlib.sha256(f"{backend}\n{text}".encode()).hexdigest()
+    return hashlib.sha256(f"{backend}\n{signature}\n{text}".encode()).hexdigest()
 
 
 def compile_lowered(lowered: Any) -> tuple[Any, float]:

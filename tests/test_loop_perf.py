@@ -88,3 +88,16 @@ def test_equal_programs_compile_once_and_give_the_same_draws() -> None:
     np.testing.assert_array_equal(
         cached["sample_stats"]["loss"].values, fresh["sample_stats"]["loss"].values
     )
+
+
+def test_program_cache_keys_on_the_argument_signature() -> None:
+    """An argument the program does not use is pruned from its text; the cache must still tell
+    apart calls whose unused argument differs in shape (full-batch MALA ignores batch keys)."""
+    from slt_ppl.compile_cache import cached_call
+
+    def first(a, unused):
+        return a * 2.0
+
+    x = jnp.ones(3)
+    np.testing.assert_array_equal(cached_call(first, x, jnp.zeros(2, jnp.uint32)), 2 * x)
+    np.testing.assert_array_equal(cached_call(first, x, jnp.zeros((2, 2), jnp.uint32)), 2 * x)
