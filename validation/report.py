@@ -90,20 +90,27 @@ def _plot_mala(ds: xr.Dataset, path: Path) -> None:
 def _plot_closed(ds: xr.Dataset, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for family, marker in (("rrr", "o"), ("crossing", "^")):
-        sel = ds.where(ds["family"] == family, drop=True)
-        ax.errorbar(sel["theory"], sel["llc"], yerr=sel["llc_se"], fmt=marker, capsize=2,
-                    label=family)  # fmt: skip
-    if "exact" in ds:
-        sel = ds.where(ds["family"] == "crossing", drop=True)
-        ax.plot(sel["theory"], sel["exact"], "kx", ms=7,
-                label="crossing: exact finite-n λ (quadrature)")  # fmt: skip
-    top = 1.15 * float(max(ds["theory"].max(), np.nanmax(ds["llc"].values)))
-    ax.plot([0, top], [0, top], "k--", lw=1, label="λ̂ = λ")
-    ax.set(xscale="symlog", yscale="symlog", xlabel="closed-form λ", ylabel="λ̂",
-           title="Closed forms")  # fmt: skip
-    ax.legend()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.5))
+    rrr = ds.where(ds["family"] == "rrr", drop=True)
+    if rrr.sizes.get("case", 0):
+        ax1.errorbar(rrr["theory"], rrr["llc"], yerr=3 * rrr["llc_se"], fmt="o", capsize=3,
+                     label="SGLD λ̂ (±3 se)")  # fmt: skip
+        top = 1.15 * float(max(rrr["theory"].max(), rrr["llc"].max()))
+        ax1.plot([0, top], [0, top], "k--", lw=1, label="λ̂ = λ")
+        ax1.fill_between([0, top], [0, 0.8 * top], [0, 1.2 * top], color="gray", alpha=0.15,
+                         label="±20 %")  # fmt: skip
+    ax1.set(xlabel="Aoyagi–Watanabe λ", ylabel="λ̂", title="Reduced-rank regression")
+    ax1.legend(loc="upper left")
+    cross = ds.where(ds["family"] == "crossing", drop=True)
+    x = np.arange(cross.sizes.get("case", 0))
+    ax2.errorbar(x, cross["llc"], yerr=3 * cross["llc_se"], fmt="^", color="C1", capsize=3,
+                 label="SGLD λ̂ (±3 se)")  # fmt: skip
+    if "exact" in cross:
+        ax2.plot(x, cross["exact"], "kx", ms=9, mew=2, label="exact finite-n λ (quadrature)")
+    ax2.plot(x, cross["theory"], "_", color="C2", ms=30, mew=2, label="closed-form λ (n → ∞)")
+    ax2.set_xticks(x, [str(c).replace("crossing ", "") for c in cross["case"].values])
+    ax2.set(ylabel="λ", ylim=(0, 1.4 * float(cross["theory"].max())), title="Normal crossings")
+    ax2.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
