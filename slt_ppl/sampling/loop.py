@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slt_ppl.compile_cache import cached_call
+from slt_ppl.compile_cache import cached_call, compile_lowered
 from slt_ppl.kernels.base import Kernel
 from slt_ppl.posterior import LocalPosterior
 
@@ -395,8 +395,6 @@ class CompiledProgram:
 
     def __call__(self, *call: Any) -> tuple[ChainState, DrawRecord]:
         if self.compiled is None:
-            from slt_ppl.compile_cache import compile_lowered
-
             t0 = time.perf_counter()
             self.compiled, _ = compile_lowered(self.jitted.lower(*call))
             dt = time.perf_counter() - t0
