@@ -6,8 +6,11 @@
 ``positions`` is a (C, d) tensor, one row per chain; ``value_and_grad(W) -> (U, L, ∇U)``
 evaluates the
 potential U_B, the loss L_B and the gradient of every chain at once (shapes (C,), (C,), (C, d); the
-sampler builds it with ``torch.func.vmap`` over ``torch.func.grad``); ``gen`` is the run's
-``torch.Generator``. States are NamedTuples of tensors whose leading axis is the chain, so the
+sampler builds it with ``torch.func.vmap`` over ``torch.func.grad``); ``gen`` is the source of randomness: either a
+``torch.Generator`` (one stream for all chains, as in the kernel tests) or the sampler's
+:class:`ChainNoise` (one stream per chain, keyed by (chain seed, step), so chain i's draws depend
+neither on the number of chains nor on segmenting). Kernels draw only through :func:`normal` and
+:func:`uniform`. States are NamedTuples of tensors whose leading axis is the chain, so the
 sampler
 can freeze diverged chains with one ``torch.where`` per field.
 
@@ -17,7 +20,7 @@ h = √ε. Torch draws differ from JAX draws (different generators); only the st
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -51,9 +54,67 @@ class TorchKernel(NamedTuple):
     params: dict[str, Any]
 
 
-def normal(gen: torch.Generator, like: Tensor) -> Tensor:
+MASK64 = (1 << 64) - 1
+
+
+def mix(*words: int) -> int:
+    """A 64-bit seed from integer words (SplitMix64 finalizer over each word in turn; Steele et al.
+    2014): the torch analogue of ``jax.random.fold_in``, so keys are counters, not stream states.
+    Written here because torch has no counter-based generator API (its Philox is internal)."""
+    h = 0x9E3779B97F4A7C15
+    for word in words:
+        h = (h ^ (int(word) & MASK64)) * 0xBF58476D1CE4E5B9 & MASK64
+        h = (h ^ (h >> 27)) * 0x94D049BB133111EB & MASK64
+        h ^= h >> 31
+    return h
+
+
+class ChainNoise:
+    """One random stream per chain, reseeded from (chain seed, counter) by :meth:`at`.
+
+    ``seeds`` holds one 64-bit seed per chain (the sampler derives them from (seed, chain index)
+    with :func:`mix`); ``at(t)`` reseeds chain c's generator with mix(seeds[c], t), so the numbers a
+    chain draws at step t are a function of (seed, c, t) alone, exactly like the JAX loop's
+    ``fold_in(chain_key, t)``. Draws inside one step come in program order from that generator.
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> None:
+        self.seeds = [int(s) for s in seeds]
+        self.gens = [torch.Generator(device=device) for _ in self.seeds]
+
+    def at(self, counter: int) -> ChainNoise:
+        """Reseed every chain's generator for ``counter`` (a step index or a tag); returns self."""
+        for seed, gen in zip(self.seeds, self.gens, strict=True):
+            gen.manual_seed(mix(seed, counter))
+        return self
+
+    def normal(self, like: Tensor) -> Tensor:
+        """N(0, 1) noise shaped like ``like`` (leading axis = chains), row c from chain c."""
+        out = torch.empty_like(like)
+        for row, gen in zip(out, self.gens, strict=True):
+            row.normal_(generator=gen)
+        return out
+
+    def uniform(self, like: Tensor) -> Tensor:
+        """U(0, 1) numbers shaped like ``like`` (leading axis = chains), row c from chain c."""
+        out = torch.empty_like(like)
+        for row, gen in zip(out, self.gens, strict=True):
+            row.uniform_(generator=gen)
+        return out
+
+
+def normal(gen: torch.Generator | ChainNoise, like: Tensor) -> Tensor:
     """Standard normal noise shaped like ``like`` from ``gen``, on ``like``'s device."""
+    if isinstance(gen, ChainNoise):
+        return gen.normal(like)
     return torch.randn(like.shape, generator=gen, device=like.device, dtype=like.dtype)
+
+
+def uniform(gen: torch.Generator | ChainNoise, like: Tensor) -> Tensor:
+    """U(0, 1) numbers shaped like ``like`` from ``gen``, on ``like``'s device."""
+    if isinstance(gen, ChainNoise):
+        return gen.uniform(like)
+    return torch.rand(like.shape, generator=gen, device=like.device, dtype=like.dtype)
 
 
 def nan_like(x: Tensor) -> Tensor:

@@ -13,7 +13,15 @@ from typing import NamedTuple
 
 import torch
 
-from slt_ppl.kernels_torch.base import StepInfo, Tensor, TorchKernel, ValueAndGrad, nan_like, normal
+from slt_ppl.kernels_torch.base import (
+    StepInfo,
+    Tensor,
+    TorchKernel,
+    ValueAndGrad,
+    nan_like,
+    normal,
+    uniform,
+)
 
 
 class MALAState(NamedTuple):
@@ -40,8 +48,7 @@ def mala() -> TorchKernel:
         log_a = u - u_new + (torch.sum(fwd**2, -1) - torch.sum(bwd**2, -1)) / (2.0 * step_size)
         log_a = torch.where(torch.isnan(log_a), -torch.inf, log_a)
         acceptance = torch.exp(torch.clamp(log_a, max=0.0))
-        uniform = torch.rand(u.shape, generator=gen, device=u.device, dtype=u.dtype)
-        accept = uniform < acceptance
+        accept = uniform(gen, u) < acceptance
         new = MALAState(
             torch.where(accept[:, None], proposal, w),
             torch.where(accept, u_new, u),

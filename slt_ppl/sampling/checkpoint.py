@@ -5,8 +5,8 @@ Format: one NetCDF-4 file (h5netcdf engine, the same stack that writes results),
 npz+JSON because it is self-describing, opens with xarray/ArviZ tooling for inspection, and keeps
 numbers and metadata in a single file, so one ``os.replace`` makes the update atomic. Contents:
 
-- ``state_<i>``: the leaves of the chains' sampler state (``ChainState``: kernel states, divergence
-  steps) in ``jax.tree_util.tree_leaves`` order. The tree structure is not stored: a resumed run
+- ``state_<i>``: the arrays of the chains' sampler state (kernel states, divergence steps) in the
+  backend's fixed order (the leaves of the state's tree). The tree structure is not stored: a resumed run
   rebuilds it from its own initial state and checks every leaf's shape and dtype against the file;
 - ``record_<field>``: the per-draw records (dims chain, draw) written so far, burn-in included;
 - attrs: ``settings`` (JSON: everything that determines the trajectory: kernel, seed, chains, draws,
@@ -15,7 +15,7 @@ numbers and metadata in a single file, so one ``os.replace`` makes the update at
 
 Writes are atomic: a temporary file in the same directory, flushed to disk, then ``os.replace``. A
 run killed mid-write leaves the previous checkpoint intact (and a stray ``*.tmp*`` file, ignored and
-cleaned up on resume). Keys are folded with the global step index (``sampling.loop``), so continuing
+cleaned up on resume). Keys are counters folded with the global step index (both backends), so continuing
 from draw t with the restored state reproduces an uninterrupted run bit for bit.
 """
 
@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 import xarray as xr
 
@@ -165,24 +164,22 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     )
 
 
-def restore_state(ckpt: Checkpoint, template: Any, path: Path) -> Any:
-    """The sampler state of ``ckpt`` in the tree structure of ``template`` (a fresh initial state),
-    checking that every leaf's shape and dtype match."""
-    leaves, treedef = jax.tree_util.tree_flatten(template)
-    if len(leaves) != len(ckpt.state_leaves):
+def restore_leaves(ckpt: Checkpoint, template: list[np.ndarray], path: Path) -> list[np.ndarray]:
+    """The sampler-state arrays of ``ckpt``, checked leaf by leaf against ``template`` (the
+    host arrays of a fresh initial state, in the same order): count, shapes and dtypes must match.
+    The backend puts them back into its state tree on its device."""
+    if len(template) != len(ckpt.state_leaves):
         raise SettingError(
             f"checkpoint {str(path)!r} holds {len(ckpt.state_leaves)} state arrays, this run's "
-            f"sampler has {len(leaves)}: it was written by a different kernel or version"
+            f"sampler has {len(template)}: it was written by a different kernel or version"
         )
-    restored = []
-    for i, (mine, theirs) in enumerate(zip(leaves, ckpt.state_leaves, strict=True)):
-        if tuple(np.shape(mine)) != theirs.shape or np.dtype(mine.dtype) != theirs.dtype:
+    for i, (mine, theirs) in enumerate(zip(template, ckpt.state_leaves, strict=True)):
+        if mine.shape != theirs.shape or mine.dtype != theirs.dtype:
             raise SettingError(
                 f"checkpoint {str(path)!r}: state array {i} is {theirs.dtype}{list(theirs.shape)}, "
-                f"this run needs {np.dtype(mine.dtype)}{list(np.shape(mine))}"
+                f"this run needs {mine.dtype}{list(mine.shape)}"
             )
-        restored.append(jax.numpy.asarray(theirs))
-    return jax.tree_util.tree_unflatten(treedef, restored)
+    return list(ckpt.state_leaves)
 
 
 def load_for_resume(path: Path, settings: dict[str, Any]) -> Checkpoint | None:

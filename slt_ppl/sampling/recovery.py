@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
-from slt_ppl.sampling.checkpoint import Checkpoint, restore_state, write_checkpoint
+from slt_ppl.sampling.checkpoint import Checkpoint, restore_leaves, write_checkpoint
 
 RunSegments = Callable[..., tuple[dict[str, np.ndarray], Any, float]]
 
@@ -41,8 +40,8 @@ def run_with_recovery(
     run_segments: RunSegments,
     runner: Any,
     init_state: Any,
-    chain_keys: jax.Array,
-    batch_keys: jax.Array,
+    chain_keys: Any,
+    batch_keys: Any,
     step_size: float,
     total: int,
     num_segments: int,
@@ -55,11 +54,13 @@ def run_with_recovery(
     restored: Checkpoint | None = None,
     retry_on_divergence: int = 0,
     max_diverged_fraction: float = 0.0,
+    host: Any,
 ) -> tuple[dict[str, np.ndarray], Any, float, RecoveryOutcome]:
     """Run attempts until few enough chains diverge or retries run out; see the module docstring.
 
     ``run_segments(runner, state, chain_keys, batch_keys, step_size, total, num_segments, progress,
-    start=, done=, on_segment=)`` is ``sampling.api._run_segments``.
+    start=, done=, on_segment=)`` is ``sampling.driver.run_segments``; ``host`` (the backend)
+    moves states to and from NumPy: ``state_to_host``, ``state_from_host``, ``diverged_at``.
     """
     attempt = restored.attempt if restored else 0
     history: list[dict[str, Any]] = list(restored.retries) if restored else []
@@ -68,7 +69,9 @@ def run_with_recovery(
     wall_total = 0.0
     while True:
         if restored is not None:
-            state = restore_state(restored, init_state, checkpoint_file)
+            template = host.state_to_host(init_state)
+            leaves = restore_leaves(restored, template, checkpoint_file)
+            state = host.state_from_host(leaves, init_state)
             start, done = restored.next_draw, restored.records
             restored = None
         else:
@@ -76,14 +79,15 @@ def run_with_recovery(
         on_segment = None
         if checkpoint_file is not None:
             on_segment = _checkpointer(
-                checkpoint_file, checkpoint_every, settings, tuning, eps, total, attempt, history
-            )
+                checkpoint_file, checkpoint_every, settings, tuning, eps, total, attempt, history,
+                host.state_to_host,
+            )  # fmt: skip
         records, state, wall = run_segments(
             runner, state, chain_keys, batch_keys, eps, total, num_segments, progress,
             start=start, done=done, on_segment=on_segment,
         )  # fmt: skip
         wall_total += wall
-        diverged = np.asarray(state.diverged_at) >= 0
+        diverged = host.diverged_at(state) >= 0
         history.append({"step_size": eps, "chains_diverged": int(diverged.sum())})
         if diverged.mean() > max_diverged_fraction and attempt < retry_on_divergence:
             attempt += 1
@@ -101,9 +105,10 @@ def _checkpointer(
     total: int,
     attempt: int,
     history: list[dict[str, Any]],
+    to_host: Callable[[Any], list[np.ndarray]],
 ) -> Callable[[Any, int, int, Callable[[], dict[str, np.ndarray]]], None]:
-    """A callback for ``_run_segments``: write a checkpoint every ``every`` segments and at the
-    end."""
+    """A callback for ``run_segments``: write a checkpoint every ``every`` segments and at the
+    end (``to_host``: the state's arrays as NumPy, in a fixed order)."""
     finished_before = list(history)
 
     def on_segment(
@@ -111,7 +116,7 @@ def _checkpointer(
     ) -> None:
         if segments_done % every and next_draw < total:
             return
-        leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(jax.device_get(state))]
+        leaves = to_host(state)
         write_checkpoint(
             path,
             Checkpoint(

@@ -117,3 +117,64 @@ def build_result(
     tree.attrs["versions"] = json.dumps(versions())
     tree.attrs["created"] = datetime.now(UTC).isoformat(timespec="seconds")
     return tree
+
+
+def external_mcmc_result(
+    posterior: Any,
+    s: Any,
+    positions: np.ndarray,
+    loss: np.ndarray,
+    acceptance: np.ndarray,
+    grad_norm: np.ndarray,
+    *,
+    step_size: float,
+    options: dict[str, Any],
+    method: str,
+    attrs: dict[str, Any],
+) -> xr.DataTree:
+    """The result of the PPLs' own HMC/NUTS (NumPyro or Pyro; ``s`` the run's ``RunSettings``):
+    draws (C, D, d) with L_n, acceptance and ‖∇U‖ at each draw; the first non-finite loss of a
+    chain marks it diverged. Shared by ``numpyro_mcmc`` and ``pyro_mcmc``."""
+    bad = ~np.isfinite(loss)
+    records = {
+        "loss": loss,
+        "loss_center": np.full_like(loss, posterior.info["loss_center_full"]),
+        "acceptance": np.asarray(acceptance, dtype=loss.dtype),
+        "grad_norm": grad_norm,
+        "distance": np.linalg.norm(positions - _host_center(posterior), axis=-1),
+        "position": positions,
+    }
+    return build_result(
+        posterior,
+        records,
+        num_burnin_draws=0,
+        diverged_at=np.where(bad.any(axis=1), bad.argmax(axis=1), -1),
+        attrs={
+            "kernel": s.kernel,
+            "kernel_params": json.dumps({k: str(v) for k, v in options.items()}),
+            "step_size": float(step_size),
+            "step_size_tuning": json.dumps({"method": method}),
+            "batch_size": int(posterior.n),
+            "num_chains": int(s.num_chains),
+            "num_draws": int(s.num_draws),
+            "num_burnin": int(s.burnin_steps),
+            "thin": int(s.thin),
+            "seed": int(s.seed),
+            **attrs,
+        },
+        keep_draws=s.keep_draws,
+    )
+
+
+def _host_center(posterior: Any) -> np.ndarray:
+    center = posterior.center
+    return center.detach().cpu().numpy() if hasattr(center, "detach") else np.asarray(center)
+
+
+def mcmc_options(step_size: Any, kernel_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Options of a PPL's HMC/NUTS: a numeric ``step_size`` is fixed (no adaptation)."""
+    options = dict(kernel_options or {})
+    if step_size not in (None, "auto"):
+        options.setdefault("step_size", float(step_size))
+        options.setdefault("adapt_step_size", False)
+    return options

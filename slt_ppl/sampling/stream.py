@@ -21,9 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from slt_ppl.posterior import LocalPosterior
-
-STATS = ("loss", "loss_center", "acceptance", "grad_norm", "distance")
+from slt_ppl.sampling.result import STAT_FIELDS as STATS
 
 
 class DrawStream:
@@ -32,7 +30,7 @@ class DrawStream:
     def __init__(
         self,
         path: str | os.PathLike,
-        posterior: LocalPosterior,
+        posterior: Any,
         num_chains: int,
         num_burnin_draws: int,
         chunk_draws: int = 64,
@@ -45,7 +43,7 @@ class DrawStream:
         f = h5netcdf.File(self.path, "w")
         f.dimensions = {"chain": num_chains, "draw": None, "param": d}
         f.create_variable("chain", ("chain",), data=np.arange(num_chains))
-        dtype = np.dtype(posterior.center.dtype)
+        dtype = np.dtype(str(posterior.center.dtype).removeprefix("torch."))  # JAX or torch
         f.create_variable("position", ("chain", "draw", "param"), dtype, chunks=(1, chunk_draws, d))
         for name in STATS:
             f.create_variable(name, ("chain", "draw"), dtype, chunks=(num_chains, chunk_draws))

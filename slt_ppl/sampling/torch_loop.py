@@ -1,25 +1,30 @@
-"""The torch sampling loop: all chains as one (C, d) tensor, gradients by ``torch.func.vmap`` over
+"""The torch step program: all chains as one (C, d) tensor, gradients by ``torch.func.vmap`` over
 ``torch.func.grad`` of the posterior's potential — no Python loop over chains, no model copies.
 
-Mirrors :mod:`slt_ppl.sampling.loop` step for step: per draw the first step is recorded (L_B(w_t)
-and
-U_B(w_t) from the gradient evaluation, L_B(w*) on the same minibatch, ‖∇U_B‖, ‖w_t − w*‖); the
-MALA-acceptance diagnostic (Furman & Lau 2024, App. D) is computed every ``diag_every``-th draw
-with U
-and ∇U at both points on the same minibatch; a chain whose potential or new position is
-non-finite, or
-whose L_B − L_B(w*) exceeds ``explode``·(1 + |L_B(w*)|), is frozen at its last good state and the
-step
+The same program as :mod:`slt_ppl.sampling.loop`, step for step, behind the same runner interface
+(``init(chain_keys, positions)``, ``build(k)(state, chain_keys, batch_keys, ε, start,
+diag_every)``, ``for_tuning()``), so the backend-neutral driver (``sampling.driver``) and the tuner
+(``sampling.stepsize``) drive both. Per draw the first step is recorded (L_B(w_t) and U_B(w_t) from
+the gradient evaluation, L_B(w*) on the same minibatch, ‖∇U_B‖, ‖w_t − w*‖); the MALA-acceptance
+diagnostic (Furman & Lau 2024, App. D) is computed every ``diag_every``-th draw with U and ∇U at
+both points on the same minibatch; a chain whose potential or new position is non-finite, or whose
+L_B − L_B(w*) exceeds ``explode``·(1 + |L_B(w*)|), is frozen at its last good state and the step
 recorded in ``diverged_at``; later records of that chain are NaN.
 
-Everything stays on the posterior's device: minibatch indices are drawn there from the run's
-``torch.Generator``, records go into preallocated device tensors, and one segment ends with a single
-copy to the host (no ``.item()`` on the hot path). Unlike the JAX loop, randomness is one sequential
-stream per run, so a chain's draws depend on the number of chains and the segmenting.
+Randomness is counter-based, as in the JAX loop: ``chain_keys`` are one 64-bit seed per chain and
+``batch_keys`` one seed (shared minibatches) or one per chain; at global step t chain c's generator
+is reseeded from (chain_keys[c], t) (:class:`~slt_ppl.kernels_torch.base.ChainNoise`) and the
+minibatch indices come from (batch key, t). Chain i's draws therefore depend only on (seed, i), not
+on the number of chains or the segmenting, and a run resumed from a checkpoint continues bit for
+bit. Torch draws still differ from JAX draws (different generators); only the statistics agree.
+
+Everything stays on the posterior's device: records go into preallocated device tensors, and a
+segment ends with a single copy to the host (no ``.item()`` on the hot path).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -27,27 +32,18 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from slt_ppl.kernels_torch.base import StepInfo, TorchKernel
+from slt_ppl.kernels_torch.base import ChainNoise, StepInfo, TorchKernel, mix
 from slt_ppl.posterior_torch import TorchLocalPosterior
+from slt_ppl.sampling.loop import DrawRecord
 
 Tensor = torch.Tensor
-RECORD_FIELDS = ("loss", "loss_center", "acceptance", "grad_norm", "distance", "position")
+RECORD_FIELDS = DrawRecord._fields
+INIT_TAG = 1 << 62  # counters of the kernel's init draws (steps use 0, 1, 2, ...)
 
 
 class TorchChainState(NamedTuple):
     kernel_state: Any  # NamedTuple of (C, ...) tensors with a ``position`` field
     diverged_at: Tensor  # (C,) int64, −1 while healthy
-
-
-class TorchDrawRecord(NamedTuple):
-    """Per-draw records on the host, arrays shaped (C, num_draws[, d])."""
-
-    loss: np.ndarray
-    loss_center: np.ndarray
-    acceptance: np.ndarray
-    grad_norm: np.ndarray
-    distance: np.ndarray
-    position: np.ndarray
 
 
 def select(mask: Tensor, new: Any, old: Any) -> Any:
@@ -65,9 +61,8 @@ def mala_log_acceptance(
     w: Tensor, potential: Tensor, grad: Tensor, w_new: Tensor, potential_new: Tensor,
     grad_new: Tensor, step_size: float, precond: Tensor,
 ) -> Tensor:  # fmt: skip
-    """log A = U(w) − U(w') + log q(w|w') − log q(w'|w), log q(b|a) = −‖(b − a +
-    (ε/2)G∇U(a))/√(εG)‖²/2
-    (Furman & Lau 2024, App. D), per chain."""
+    """log A = U(w) − U(w') + log q(w|w') − log q(w'|w), with
+    log q(b|a) = −‖(b − a + (ε/2)G∇U(a))/√(εG)‖²/2 (Furman & Lau 2024, App. D), per chain."""
     forward = w_new - w + 0.5 * step_size * precond * grad
     backward = w - w_new + 0.5 * step_size * precond * grad_new
     log_q_fwd = -0.5 * torch.sum(forward**2 / (step_size * precond), -1)
@@ -75,12 +70,18 @@ def mala_log_acceptance(
     return potential - potential_new + log_q_bwd - log_q_fwd
 
 
+class _Streams(NamedTuple):
+    """The random streams of one segment call: per-chain noise and minibatch generators."""
+
+    noise: ChainNoise
+    batch_seeds: list[int]  # one (shared minibatches) or one per chain
+    batch_gen: torch.Generator
+
+
 @dataclass(frozen=True)
 class TorchSegmentRunner:
-    """Runs ``num_draws`` draws of all chains; see the module docstring. Same fields as
-    :class:`slt_ppl.sampling.loop.SegmentRunner`, so
-    :func:`slt_ppl.sampling.stepsize.tune_step_size`
-    drives it unchanged."""
+    """Runs ``num_draws`` draws of all chains; see the module docstring. Same fields and methods as
+    :class:`slt_ppl.sampling.loop.SegmentRunner` that the driver and the tuner use."""
 
     posterior: TorchLocalPosterior
     kernel: TorchKernel
@@ -90,6 +91,7 @@ class TorchSegmentRunner:
     keep_draws: bool
     shared_batches: bool
     explode: float
+    stats: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
     _fns: dict[str, Callable] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -99,14 +101,33 @@ class TorchSegmentRunner:
         self._fns["indep"] = torch.func.vmap(vg_one, in_dims=(0, 0))
         self._fns["center_indep"] = torch.func.vmap(post.loss_fn, in_dims=(None, 0))
 
-    def batch(self, gen: torch.Generator, num_chains: int) -> tuple[Mapping[str, Tensor], bool]:
-        """A minibatch (indices drawn with replacement on the device) and whether it is per
-        chain."""
+    def for_tuning(self) -> TorchSegmentRunner:
+        """The runner the step-size tuner probes with (one step per draw, no kept draws)."""
+        if self.thin == 1 and not self.keep_draws:
+            return self
+        twin = dataclasses.replace(self, thin=1, keep_draws=False, _fns={})
+        object.__setattr__(twin, "stats", self.stats)
+        return twin
+
+    # -- minibatches and potentials -------------------------------------------------------------
+
+    def _streams(self, chain_keys: Any, batch_keys: Any) -> _Streams:
+        device = self.posterior.device
+        seeds = np.atleast_1d(np.asarray(batch_keys, dtype=np.uint64)).tolist()
+        return _Streams(ChainNoise(chain_keys, device), seeds, torch.Generator(device=device))
+
+    def batch(self, streams: _Streams, t: int) -> tuple[Mapping[str, Tensor], bool]:
+        """The minibatch of global step ``t`` and whether it is per chain (indices drawn with
+        replacement on the device from (batch key, t))."""
         post = self.posterior
         if self.kernel.full_batch or self.batch_size >= post.n:
             return post.data, False
-        shape = (self.batch_size,) if self.shared_batches else (num_chains, self.batch_size)
-        idx = torch.randint(0, post.n, shape, generator=gen, device=post.device)
+        gen, device = streams.batch_gen, post.device
+        rows = []
+        for seed in streams.batch_seeds:
+            gen.manual_seed(mix(seed, t))
+            rows.append(torch.randint(0, post.n, (self.batch_size,), generator=gen, device=device))
+        idx = rows[0] if self.shared_batches else torch.stack(rows)
         return {k: v[idx] for k, v in post.data.items()}, not self.shared_batches
 
     def value_and_grad(self, batch: Mapping[str, Tensor], per_chain: bool) -> Callable:
@@ -119,132 +140,116 @@ class TorchSegmentRunner:
 
         return vg
 
-    def init(self, gen: torch.Generator, positions: Tensor) -> TorchChainState:
-        """Initial states of all chains (positions: (C, d))."""
+    # -- one step, one draw ---------------------------------------------------------------------
+
+    def init(self, chain_keys: Any, positions: Tensor) -> TorchChainState:
+        """Initial states of all chains (chain_keys: one seed per chain; positions: (C, d))."""
+        noise = ChainNoise(chain_keys, self.posterior.device).at(INIT_TAG)
         vg = self.value_and_grad(self.posterior.data, False)
         with torch.no_grad():
-            ks = self.kernel.init(gen, positions.clone(), vg)
+            ks = self.kernel.init(noise, positions.clone(), vg)
         diverged = torch.full((positions.shape[0],), -1, dtype=torch.int64, device=positions.device)
         return TorchChainState(ks, diverged)
 
-    def _guarded_step(
-        self, state: TorchChainState, gen: torch.Generator, vg: Callable, step_size: float, t: int
-    ) -> tuple[TorchChainState, StepInfo, Tensor]:
-        new_ks, info = self.kernel.step(gen, state.kernel_state, vg, step_size)
+    def _step(
+        self, state: TorchChainState, streams: _Streams, t: int, step_size: float
+    ) -> tuple[Any, StepInfo, Tensor, Callable, Mapping[str, Tensor], bool]:
+        """One kernel step at global step ``t`` (nothing frozen yet): (new kernel state, info,
+        finite, value_and_grad, batch, per_chain)."""
+        batch, per_chain = self.batch(streams, t)
+        vg = self.value_and_grad(batch, per_chain)
+        new_ks, info = self.kernel.step(streams.noise.at(t), state.kernel_state, vg, step_size)
+        finite = torch.isfinite(info.potential) & torch.isfinite(new_ks.position).all(-1)
+        return new_ks, info, finite, vg, batch, per_chain
+
+    @staticmethod
+    def _commit(state: TorchChainState, new_ks: Any, good: Tensor, t: int) -> TorchChainState:
+        """Take the step where ``good`` and the chain is healthy, else freeze it and mark it."""
         healthy = state.diverged_at < 0
-        ok = torch.isfinite(info.potential) & torch.isfinite(new_ks.position).all(-1) & healthy
-        kernel_state = select(ok, new_ks, state.kernel_state)
-        diverged_at = torch.where(~ok & healthy, t, state.diverged_at)
-        return TorchChainState(kernel_state, diverged_at), info, ok
+        kernel_state = select(good & healthy, new_ks, state.kernel_state)
+        return TorchChainState(kernel_state, torch.where(healthy & ~good, t, state.diverged_at))
+
+    def _acceptance(
+        self, w: Tensor, info: StepInfo, new_ks: Any, vg: Callable, streams: _Streams,
+        step_size: float, diagnose: bool,
+    ) -> Tensor:  # fmt: skip
+        kernel = self.kernel
+        if kernel.proposal == "metropolis":
+            return info.acceptance
+        if not diagnose:
+            return torch.full_like(info.potential, float("nan"))
+        if kernel.proposal == "langevin":
+            w_new = new_ks.position
+        else:  # momentum kernels: a Langevin probe of the same ε from w
+            w_new = w - 0.5 * step_size * info.grad + step_size**0.5 * streams.noise.normal(w)
+        u_new, _, g_new = vg(w_new)
+        log_a = mala_log_acceptance(
+            w, info.potential, info.grad, w_new, u_new, g_new, step_size, info.precond
+        )
+        return torch.where(torch.isnan(log_a), 0.0, torch.exp(torch.clamp(log_a, max=0.0)))
 
     def _draw(
-        self, state: TorchChainState, gen: torch.Generator, step_size: float, i: int,
-        out: dict[str, Tensor], j: int,
+        self, state: TorchChainState, streams: _Streams, step_size: float, i: int,
+        diag_every: int, out: dict[str, Tensor], j: int,
     ) -> TorchChainState:  # fmt: skip
-        post, kernel = self.posterior, self.kernel
+        post = self.posterior
         t0 = i * self.thin
         w = state.kernel_state.position
-        num_chains = w.shape[0]
-        batch, per_chain = self.batch(gen, num_chains)
-        vg = self.value_and_grad(batch, per_chain)
-        new_state, info, ok = self._guarded_step(state, gen, vg, step_size, t0)
-        nan = torch.full((num_chains,), float("nan"), dtype=w.dtype, device=w.device)
-
-        if kernel.full_batch:
+        new_ks, info, finite, vg, batch, per_chain = self._step(state, streams, t0, step_size)
+        ok = finite & (state.diverged_at < 0)
+        nan = torch.full_like(info.potential, float("nan"))
+        if self.kernel.full_batch:
             loss = (info.potential - post.localization(w)) / post.nbeta
             loss_center = torch.full_like(nan, post.info["loss_center_full"])
         elif per_chain:
-            loss = info.loss
-            loss_center = self._fns["center_indep"](post.center, batch)
+            loss, loss_center = info.loss, self._fns["center_indep"](post.center, batch)
         else:
-            loss = info.loss
-            loss_center = post.loss_fn(post.center, batch).expand(num_chains)
-
-        if kernel.proposal == "metropolis":
-            acceptance = info.acceptance
-        elif i % self.diag_every == 0:
-            if kernel.proposal == "langevin":
-                w_new = new_state.kernel_state.position
-            else:  # momentum kernels: a Langevin probe of the same ε from w
-                w_new = (
-                    w
-                    - 0.5 * step_size * info.grad
-                    + step_size**0.5
-                    * torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype)
-                )
-            u_new, _, g_new = vg(w_new)
-            log_a = mala_log_acceptance(
-                w, info.potential, info.grad, w_new, u_new, g_new, step_size, info.precond
-            )
-            acceptance = torch.where(
-                torch.isnan(log_a), 0.0, torch.exp(torch.clamp(log_a, max=0.0))
-            )
-        else:
-            acceptance = nan
-
+            loss, loss_center = info.loss, post.loss_fn(post.center, batch).expand(w.shape[0])
+        acceptance = self._acceptance(w, info, new_ks, vg, streams, step_size, i % diag_every == 0)
         exploded = (loss - loss_center) > self.explode * (1.0 + torch.abs(loss_center))
-        bad_now = exploded & (new_state.diverged_at < 0)
-        new_state = TorchChainState(
-            select(bad_now, state.kernel_state, new_state.kernel_state),
-            torch.where(bad_now, t0, new_state.diverged_at),
-        )
+        state = self._commit(state, new_ks, finite & ~exploded, t0)
         alive = ok & ~exploded
         out["loss"][:, j] = torch.where(alive, loss, nan)
         out["loss_center"][:, j] = loss_center
         out["acceptance"][:, j] = torch.where(alive, acceptance, nan)
-        out["grad_norm"][:, j] = torch.where(
-            alive, torch.linalg.vector_norm(info.grad, dim=-1), nan
-        )
-        out["distance"][:, j] = torch.where(
-            alive, torch.linalg.vector_norm(w - post.center, dim=-1), nan
-        )
+        grad_norm = torch.linalg.vector_norm(info.grad, dim=-1)
+        out["grad_norm"][:, j] = torch.where(alive, grad_norm, nan)
+        distance = torch.linalg.vector_norm(w - post.center, dim=-1)
+        out["distance"][:, j] = torch.where(alive, distance, nan)
         if self.keep_draws:
             out["position"][:, j] = torch.where(alive[:, None], w, float("nan"))
         for k in range(1, self.thin):
-            b, pc = self.batch(gen, num_chains)
-            new_state, _, _ = self._guarded_step(
-                new_state, gen, self.value_and_grad(b, pc), step_size, t0 + k
-            )
-        return new_state
+            new_ks, _, finite, *_ = self._step(state, streams, t0 + k, step_size)
+            state = self._commit(state, new_ks, finite, t0 + k)
+        return state
 
     def run(
-        self, state: TorchChainState, gen: torch.Generator, step_size: float, start: int,
-        num_draws: int,
-    ) -> tuple[TorchChainState, TorchDrawRecord]:  # fmt: skip
-        """Advance every chain by ``num_draws`` draws from draw index ``start``; one host copy at
-        the end."""
+        self, state: TorchChainState, chain_keys: Any, batch_keys: Any, step_size: float,
+        start: int, num_draws: int, diag_every: int | None = None,
+    ) -> tuple[TorchChainState, DrawRecord]:  # fmt: skip
+        """Advance every chain by ``num_draws`` draws from global draw ``start``; one host copy
+        at the end."""
         center = self.posterior.center
         num_chains, d = state.kernel_state.position.shape
+        every = self.diag_every if diag_every is None else int(diag_every)
         kw = {"dtype": center.dtype, "device": center.device}
-        out = {name: torch.empty((num_chains, num_draws), **kw) for name in RECORD_FIELDS[:-1]}
+        out = {
+            name: torch.full((num_chains, num_draws), float("nan"), **kw) for name in RECORD_FIELDS
+        }
         out["position"] = torch.empty((num_chains, num_draws, d if self.keep_draws else 0), **kw)
-        step_size = float(step_size)
+        streams = self._streams(chain_keys, batch_keys)
         with torch.no_grad():
             for j in range(num_draws):
-                state = self._draw(state, gen, step_size, start + j, out, j)
-        host = {k: v.cpu().numpy() for k, v in out.items()}
-        return state, TorchDrawRecord(**host)
+                state = self._draw(state, streams, float(step_size), start + j, every, out, j)
+        return state, DrawRecord(**{k: v.cpu().numpy() for k, v in out.items()})
 
-    def build(self, num_draws: int) -> Callable[..., tuple[TorchChainState, TorchDrawRecord]]:
-        """``run(state, gen, batch_gen, step_size, start[, diag_every])`` for ``num_draws`` draws —
-        the signature :func:`slt_ppl.sampling.stepsize.tune_step_size` calls (``batch_gen`` is
-        unused: one generator drives chains and minibatches). The diagnostic frequency is the
-        runner's own (the torch tuner builds its runner with ``diag_every=1``); a different one is
-        refused rather than ignored."""
+    def build(self, num_draws: int) -> Callable[..., tuple[TorchChainState, DrawRecord]]:
+        """``run(state, chain_keys, batch_keys, step_size, start[, diag_every])`` advancing every
+        chain by ``num_draws`` draws: the call shape of ``SegmentRunner.build``."""
 
-        def run(
-            state: TorchChainState,
-            gen: torch.Generator,
-            _: Any,
-            step_size: Any,
-            start: Any,
-            diag_every: int | None = None,
-        ):
-            if diag_every is not None and int(diag_every) != self.diag_every:
-                raise ValueError(
-                    f"this runner computes the diagnostic every {self.diag_every} draws, "
-                    f"not {diag_every}"
-                )
-            return self.run(state, gen, float(step_size), int(start), num_draws)
+        def run(state, chain_keys, batch_keys, step_size, start, diag_every=None):
+            return self.run(
+                state, chain_keys, batch_keys, float(step_size), int(start), num_draws, diag_every
+            )
 
         return run

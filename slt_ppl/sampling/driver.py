@@ -1,0 +1,259 @@
+"""The sampling driver, written once for every backend.
+
+``sample()`` checks the settings (``sampling.options``) and hands them here with a *backend*
+(``sampling.jax_backend`` or ``sampling.torch_backend``). Everything that is not array math lives
+in this module:
+
+1. the run plan: burn-in draws, total draws, segment length (``options.RunSettings``);
+2. the step size: the user's (checked by the preflight) or the tuner's
+   (``sampling.stepsize.tune_step_size``, the same search for both backends; the backend supplies
+   only the accuracy-cap statistics);
+3. the segment loop with progress, streaming (``sampling.stream``), checkpoints and divergence
+   retries (``sampling.recovery``, ``sampling.checkpoint``);
+4. result assembly and attrs (``sampling.result``).
+
+A backend supplies what must differ (the :class:`Backend` protocol): the posterior type and kernel
+registry, the runner (the compiled "advance all chains by k draws" program: JAX vmap + scan + jit,
+torch batched ``torch.func`` steps), counter-based keys (chain i's draws depend only on (seed, i)),
+initial positions, the host transfer of states for checkpoints, and the PPL's own HMC/NUTS.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+import xarray as xr
+
+from slt_ppl.errors import SettingError
+from slt_ppl.sampling.checkpoint import checkpoint_path, load_for_resume
+from slt_ppl.sampling.loop import DrawRecord
+from slt_ppl.sampling.options import RunSettings, check_settings, checkpoint_settings
+from slt_ppl.sampling.recovery import run_with_recovery
+from slt_ppl.sampling.result import build_result
+from slt_ppl.sampling.stepsize import tune_step_size
+
+DEFAULT_BATCH_SIZE = 256
+
+#: key streams: 0 chains (and their jitter), 1 shared minibatches, 2 the step-size tuner
+CHAIN_STREAM, TUNING_STREAM = 0, 2
+
+
+class Backend(Protocol):
+    """What a backend supplies to the driver (see the module docstring)."""
+
+    name: str
+    kernel_names: tuple[str, ...]
+    full_batch_kernels: Any
+    external_kernels: tuple[str, ...]  # the PPL's own HMC/NUTS, run by :meth:`sample_external`
+    caps_fn: Callable[..., Any] | None  # the tuner's accuracy-cap statistics (None: JAX's)
+
+    def check_posterior(self, posterior: Any) -> None: ...
+
+    def sample_external(self, posterior: Any, s: RunSettings) -> xr.DataTree: ...
+
+    def get_kernel(self, kernel: Any, options: dict[str, Any]) -> Any: ...
+
+    def runner(self, posterior: Any, kernel: Any, batch: int, s: RunSettings) -> Any: ...
+
+    def keys(self, seed: int, stream: int, num_chains: int, shared: bool) -> tuple[Any, Any]: ...
+
+    def initial_positions(self, posterior: Any, chain_keys: Any, jitter: float) -> Any: ...
+
+    def state_to_host(self, state: Any) -> list[np.ndarray]: ...
+
+    def state_from_host(self, leaves: list[np.ndarray], template: Any) -> Any: ...
+
+    def diverged_at(self, state: Any) -> np.ndarray: ...
+
+    def check_step_size(self, posterior: Any, step_size: float) -> None: ...
+
+    def attrs(self) -> dict[str, Any]: ...
+
+
+def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
+    """Check ``s``, sample ``posterior`` with ``backend`` and return the result tree."""
+    backend.check_posterior(posterior)
+    check_settings(
+        s, posterior.n, backend.kernel_names, backend.full_batch_kernels, backend.external_kernels
+    )
+    if isinstance(s.kernel, str) and s.kernel in backend.external_kernels:
+        return backend.sample_external(posterior, s)
+    options = dict(s.kernel_options or {})
+    if s.kernel == "rmsprop_sgld":
+        options.setdefault("freeze_after", s.burnin_steps)
+    kern = backend.get_kernel(s.kernel, options)
+    batch = posterior.n if kern.full_batch else min(posterior.n, s.batch_size or DEFAULT_BATCH_SIZE)
+    runner = backend.runner(posterior, kern, batch, s)
+    shared = s.plan.shared_batches
+    chain_keys, batch_keys = backend.keys(s.seed, CHAIN_STREAM, s.num_chains, shared)
+    state = runner.init(
+        chain_keys, backend.initial_positions(posterior, chain_keys, float(s.init_jitter))
+    )
+    settings = {
+        "sample_kwargs": checkpoint_settings(s),
+        "posterior": _posterior_settings(posterior),
+        "kernel_params": kern.params,
+        "batch": batch,
+        "total_draws": s.total_draws,
+    }
+    ckpt_file = checkpoint_path(s.checkpoint.path) if s.checkpoint is not None else None
+    resume = s.checkpoint is not None and s.checkpoint.resume
+    restored = load_for_resume(ckpt_file, settings) if resume else None
+    if restored is not None:
+        step_size, tuning = restored.step_size, restored.tuning
+    else:
+        step_size, tuning = _step_size(backend, posterior, runner, state, s)
+    stream = _open_stream(posterior, s)
+    compile_before = runner.stats.get("compile_time_s", 0.0)
+    try:
+        records, state, wall, outcome = run_with_recovery(
+            lambda *a, **kw: run_segments(*a, **kw, stream=stream), runner, state, chain_keys,
+            batch_keys, step_size, s.total_draws, s.plan.num_segments, s.progress,
+            settings=settings, tuning=tuning, checkpoint_file=ckpt_file,
+            checkpoint_every=s.checkpoint.every if s.checkpoint else 1, restored=restored,
+            retry_on_divergence=s.divergence.retries,
+            max_diverged_fraction=s.divergence.max_fraction, host=backend,
+        )  # fmt: skip
+    finally:
+        if stream is not None:
+            stream.close()
+    compile_time = runner.stats.get("compile_time_s", 0.0)
+    attrs = {
+        **_run_attrs(s, kern, batch, outcome.step_size, tuning),
+        "divergence_retries": int(outcome.attempt),
+        "retry_history": json.dumps(outcome.history),
+        "resumed_from_draw": -1 if outcome.resumed_from_draw is None else outcome.resumed_from_draw,
+        "checkpoint": "" if ckpt_file is None else str(ckpt_file),
+        "sampling_time_s": float(wall - (compile_time - compile_before)),
+        "compile_time_s": float(compile_time),
+        **backend.attrs(),
+        **({"draws_file": os.fspath(s.stream_to)} if s.stream_to is not None else {}),
+    }
+    return build_result(
+        posterior, records, num_burnin_draws=s.burnin_draws,
+        diverged_at=backend.diverged_at(state), attrs=attrs,
+        keep_draws=s.keep_draws and stream is None,
+    )  # fmt: skip
+
+
+def _step_size(
+    backend: Backend, posterior: Any, runner: Any, state: Any, s: RunSettings
+) -> tuple[float, dict[str, Any]]:
+    """(ε, tuning record): the user's number, checked, or the tuner's choice from ``state``."""
+    step_size = s.step_size
+    if step_size is None or step_size == "auto":
+        keys, batch_keys = backend.keys(s.seed, TUNING_STREAM, s.num_chains, s.plan.shared_batches)
+        return tune_step_size(runner.for_tuning(), state, keys, batch_keys, caps_fn=backend.caps_fn)
+    try:
+        step_size = float(step_size)
+    except (TypeError, ValueError) as err:
+        raise SettingError(
+            f"step_size must be a positive number or 'auto', got {step_size!r}"
+        ) from err
+    if not (math.isfinite(step_size) and step_size > 0):
+        raise SettingError(f"step_size must be a positive finite number, got {step_size}")
+    backend.check_step_size(posterior, step_size)
+    return step_size, {"method": "user"}
+
+
+def _open_stream(posterior: Any, s: RunSettings) -> Any:
+    if s.stream_to is None:
+        return None
+    from slt_ppl.sampling.stream import DrawStream
+
+    return DrawStream(s.stream_to, posterior, s.num_chains, s.burnin_draws)
+
+
+def run_segments(
+    runner: Any,
+    state: Any,
+    chain_keys: Any,
+    batch_keys: Any,
+    step_size: float,
+    total: int,
+    num_segments: int,
+    progress: bool,
+    *,
+    start: int = 0,
+    done: dict[str, np.ndarray] | None = None,
+    on_segment: Callable[[Any, int, int, Callable[[], dict[str, np.ndarray]]], None] | None = None,
+    stream: Any = None,
+) -> tuple[dict[str, np.ndarray], Any, float]:
+    """Run draws ``start..total`` segment by segment (``done``: records of draws before
+    ``start``); ``on_segment(state, next_draw, segments_done, records)`` is called after each
+    segment (the checkpoint hook; ``records()`` concatenates the draws so far). Segments have
+    ceil(total / num_segments) draws; the keys are counters, so the cut changes nothing."""
+    from tqdm.auto import tqdm
+
+    seg = max(1, math.ceil(total / max(1, num_segments)))
+    programs: dict[int, Any] = {}
+    pieces: list[Any] = [] if done is None else [DrawRecord(**done)]
+
+    def concat() -> dict[str, np.ndarray]:
+        return {
+            name: np.concatenate([np.asarray(getattr(p, name)) for p in pieces], axis=1)
+            for name in DrawRecord._fields
+        }
+
+    segments_done = 0
+    t0 = time.perf_counter()
+    label = f"{runner.kernel.name} x{len(chain_keys)} chains"
+    with tqdm(
+        total=total * runner.thin, initial=start * runner.thin, disable=not progress,
+        desc=label, unit="step",
+    ) as bar:  # fmt: skip
+        while start < total:
+            length = min(seg, total - start)
+            if length not in programs:
+                programs[length] = runner.build(length)
+            state, piece = programs[length](state, chain_keys, batch_keys, step_size, start)
+            if stream is not None:  # hand the draws to disk, keep only the statistics
+                stream.append(piece)
+                piece = piece._replace(position=np.zeros((*piece.loss.shape, 0), piece.loss.dtype))
+            pieces.append(piece)
+            start += length
+            segments_done += 1
+            bar.update(length * runner.thin)
+            if on_segment is not None:
+                on_segment(state, start, segments_done, concat)
+    return concat(), state, time.perf_counter() - t0
+
+
+def _posterior_settings(posterior: Any) -> dict[str, Any]:
+    return {
+        "n": posterior.n, "dim": posterior.dim, "nbeta": posterior.nbeta,
+        "gamma": posterior.gamma, "backend": posterior.backend,
+        "model": str(posterior.info.get("model", "")),
+        "loss_center_full": float(posterior.info.get("loss_center_full", math.nan)),
+    }  # fmt: skip
+
+
+def _run_attrs(
+    s: RunSettings, kern: Any, batch: int, step_size: float, tuning: dict[str, Any]
+) -> dict[str, Any]:
+    """The result attrs every run of slt_ppl's own kernels carries."""
+    from slt_ppl import __version__
+
+    return {
+        "kernel": kern.name,
+        "kernel_params": json.dumps(kern.params),
+        "step_size": float(step_size),
+        "step_size_tuning": json.dumps(tuning),
+        "batch_size": int(batch),
+        "num_chains": int(s.num_chains),
+        "num_draws": int(s.num_draws),
+        "num_burnin": int(s.burnin_draws * s.thin),
+        "thin": int(s.thin),
+        "diag_every": int(s.plan.diag_every),
+        "shared_batches": int(bool(s.plan.shared_batches)),
+        "init_jitter": float(s.init_jitter),
+        "seed": int(s.seed),
+        "slt_ppl_version": __version__,
+        "explode": float(s.divergence.explode),
+    }
