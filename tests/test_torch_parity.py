@@ -1,0 +1,180 @@
+"""The torch backend runs on the same driver as JAX: checkpoint + SIGKILL + resume is bit-identical,
+divergence retries, ``stream_to``, and chain i's draws are independent of the number of chains and
+of the segmenting. Each on a Pyro model and on an ``nn.Module`` (``_torch_models``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("pyro")
+
+import xarray as xr  # noqa: E402
+from _torch_models import torch_posterior  # noqa: E402
+
+import slt_ppl  # noqa: E402
+from slt_ppl.errors import SettingError  # noqa: E402
+from slt_ppl.sampling.checkpoint import read_checkpoint  # noqa: E402
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("pyro", "module")
+STATS = ("loss", "loss_center", "acceptance", "grad_norm", "distance", "diverged_at")
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def posterior(request):
+    return torch_posterior(request.param)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
+
+
+def _assert_identical(a: xr.DataTree, b: xr.DataTree, groups=("sample_stats", "posterior")):
+    for group in groups:
+        for name, var in a[group].data_vars.items():
+            assert _same(var.values, b[group][name].values), (group, name)
+
+
+@pytest.mark.parametrize("shared_batches", [True, False])
+def test_chain_draws_do_not_depend_on_chain_count_or_segments(posterior, shared_batches):
+    kw = dict(
+        step_size=2e-3, batch_size=20, num_draws=12, num_burnin=4, thin=2, seed=5,
+        init_jitter=0.05, progress=False, keep_draws=True, shared_batches=shared_batches,
+    )  # fmt: skip
+    three = slt_ppl.sample(posterior, num_chains=3, num_segments=3, **kw)
+    # segmenting changes nothing, bit for bit
+    _assert_identical(three, slt_ppl.sample(posterior, num_chains=3, num_segments=1, **kw))
+    # chain 0 alone draws the same noise and minibatches; torch's batched matmuls may round a
+    # (1, ...) batch differently from a (3, ...) one (measured: 1 ulp in float32), so the
+    # trajectories agree to float32 rounding, not bit for bit
+    one = slt_ppl.sample(posterior, num_chains=1, num_segments=7, **kw)
+    for group in ("sample_stats", "warmup_sample_stats", "posterior"):
+        for name, var in one[group].data_vars.items():
+            np.testing.assert_allclose(
+                var.values, three[group][name].values[:1], rtol=1e-5, atol=1e-6,
+                err_msg=f"{group}/{name}",
+            )  # fmt: skip
+    loss = three["sample_stats"]["loss"].values
+    assert not np.allclose(loss[0], loss[1]), "different chains are different streams"
+
+
+def test_chain_noise_rows_are_keyed_by_chain_and_counter():
+    from slt_ppl.kernels_torch.base import ChainNoise
+
+    like = torch.zeros(3, 5)
+    full = ChainNoise([11, 12, 13]).at(7).normal(like)
+    assert torch.equal(ChainNoise([12]).at(7).normal(like[:1]), full[1:2])
+    assert not torch.equal(ChainNoise([11, 12, 13]).at(8).normal(like), full)
+    assert torch.equal(ChainNoise([11, 12, 13]).at(7).normal(like), full)
+
+
+SCRIPT = """
+import sys
+sys.path[:0] = [{tests!r}, {root!r}]
+import torch
+torch.set_num_threads(1)
+import slt_ppl
+from _torch_models import torch_posterior
+post = torch_posterior({kind!r})
+slt_ppl.sample(post, checkpoint=sys.argv[1], **{settings!r})
+"""
+
+
+@pytest.mark.parametrize("kind, kernel", [("pyro", "rmsprop_sgld"), ("module", "sgnht")])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, kind, kernel):
+    # 8 segments with a checkpoint after each (a write takes ~0.1-0.8 s): the kill lands right
+    # after the first one, well before the end
+    settings = dict(
+        kernel=kernel, num_chains=3, num_draws=40, num_burnin=20, step_size=2e-3, seed=11,
+        init_jitter=0.05, num_segments=8, progress=False, keep_draws=True,
+    )  # fmt: skip
+    ckpt = tmp_path / "run.nc"
+    script = tmp_path / "run_sampler.py"
+    source = SCRIPT.format(tests=str(ROOT / "tests"), root=str(ROOT), kind=kind, settings=settings)
+    script.write_text(textwrap.dedent(source))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(ckpt)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not ckpt.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"sampler exited early: {proc.stderr.read().decode()[-2000:]}")
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    partial = read_checkpoint(ckpt)
+    assert 0 < partial.next_draw < partial.total_draws, "the kill must land mid-run"
+
+    post = torch_posterior(kind)
+    resumed = slt_ppl.sample(post, checkpoint=ckpt, resume=True, **settings)
+    assert resumed.attrs["resumed_from_draw"] >= partial.next_draw
+    fresh = slt_ppl.sample(post, **settings)
+    _assert_identical(fresh, resumed, ("sample_stats", "warmup_sample_stats", "posterior"))
+    assert read_checkpoint(ckpt).complete
+    with pytest.raises(SettingError, match="seed: checkpoint 11 vs now 12"):
+        slt_ppl.sample(post, checkpoint=ckpt, resume=True, **{**settings, "seed": 12})
+
+
+def test_retry_on_divergence_halves_the_step(posterior):
+    from slt_ppl.sampling.torch_stepsize import top_curvature
+
+    h = top_curvature(posterior, posterior.data)
+    eps = 5.0 / h  # |1 − εh/2| = 1.5: the stiffest direction blows up; ε/2 is stable
+    bad = slt_ppl.sample(
+        posterior, num_chains=2, num_draws=60, step_size=eps, progress=False, num_segments=2,
+        explode=10.0,
+    )  # fmt: skip
+    assert (bad["sample_stats"]["diverged_at"].values >= 0).all()
+    res = slt_ppl.sample(
+        posterior, num_chains=2, num_draws=60, step_size=eps, progress=False, num_segments=2,
+        retry_on_divergence=1, explode=10.0,
+    )  # fmt: skip
+    history = json.loads(res.attrs["retry_history"])
+    assert history[0] == {"step_size": eps, "chains_diverged": 2}
+    assert history[1] == {"step_size": eps / 2, "chains_diverged": 0}
+    assert res.attrs["divergence_retries"] == 1 and res.attrs["step_size"] == eps / 2
+    assert (res["sample_stats"]["diverged_at"].values == -1).all()
+
+
+def test_stream_to_matches_kept_draws(tmp_path, posterior):
+    kw = dict(
+        step_size=1e-3, batch_size=30, num_chains=2, num_draws=15, num_burnin=6, thin=2,
+        progress=False, num_segments=4, init_jitter=0.05,
+    )  # fmt: skip
+    kept = slt_ppl.sample(posterior, keep_draws=True, **kw)
+    path = tmp_path / "draws.nc"
+    streamed = slt_ppl.sample(posterior, stream_to=path, **kw)
+    assert "posterior" not in streamed.children and streamed.attrs["draws_file"] == str(path)
+    _assert_identical(kept, streamed, ("sample_stats", "warmup_sample_stats"))
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        burn = int(ds.attrs["num_burnin_draws"])
+        assert ds["position"].shape == (2, burn + 15, posterior.dim)
+        assert _same(ds["loss"].values[:, burn:], kept["sample_stats"]["loss"].values)
+        flat = ds["position"].values[:, burn:]
+    w = kept["posterior"].to_dataset()
+    site = next(iter(posterior.sites))
+    np.testing.assert_array_equal(w[site].values.reshape(2, 15, -1), flat)
+
+
+def test_devices_option_says_what_it_does(posterior):
+    kw = dict(num_chains=2, num_draws=2, step_size=1e-3, progress=False)
+    one = slt_ppl.sample(posterior, devices=1, **kw)
+    assert one.attrs["device"] == "cpu" and one.attrs["num_devices"] == 1
+    with pytest.raises(SettingError, match="runs all chains as one batch"):
+        slt_ppl.sample(posterior, devices=2, **kw)
