@@ -44,6 +44,7 @@ def sample(
     checkpoint: Checkpointing | str | os.PathLike[str] | None = None,
     stream_to: str | os.PathLike[str] | None = None,
     devices: Any = None,
+    temperatures: tuple[float, ...] | None = None,
     **legacy: Any,
 ) -> xr.DataTree:
     """Sample the local posterior with ``num_chains`` chains in one compiled (JAX) or batched
@@ -87,6 +88,11 @@ def sample(
             devices of the default backend when there are several, an int the first k, a list
             those devices, False none; draws are the same as unsharded. Torch: all chains run on
             the posterior's device; more than one device is refused with a ``SettingError``.
+        temperatures: nβ factors, e.g. (1.0, 2.0): ``num_chains`` chains at each nβ·factor (same γ
+            and center) in one program, coupled by common random numbers
+            (``sampling.temperatures``); the result gains a ``temperature`` dim and
+            :func:`slt_ppl.llc` the two-temperature estimate. One step size serves every
+            temperature (tuned on all chains together).
         **legacy: the old flat keywords, still accepted: ``diag_every``, ``num_segments``,
             ``shared_batches`` (→ plan), ``explode``, ``retry_on_divergence``,
             ``max_diverged_fraction`` (→ divergence), ``checkpoint_every``, ``resume`` (→
@@ -104,6 +110,7 @@ def sample(
         num_draws=num_draws, num_burnin=num_burnin, thin=thin, seed=seed, keep_draws=keep_draws,
         init_jitter=init_jitter, progress=progress, kernel_options=kernel_options, plan=plan,
         divergence=divergence, checkpoint=checkpoint, stream_to=stream_to, devices=devices,
+        temperatures=temperatures,
     )  # fmt: skip
     return run(backend_for(posterior), posterior, settings)
 

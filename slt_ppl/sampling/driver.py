@@ -4,7 +4,8 @@
 (``sampling.jax_backend`` or ``sampling.torch_backend``). Everything that is not array math lives
 in this module:
 
-1. the run plan: burn-in draws, total draws, segment length (``options.RunSettings``);
+1. the run plan: burn-in draws, total draws, segment length (``options.RunSettings``), and the
+   chain layout of several temperatures (``sampling.temperatures``);
 2. the step size: the user's (checked by the preflight) or the tuner's
    (``sampling.stepsize.tune_step_size``, the same search for both backends; the backend supplies
    only the accuracy-cap statistics);
@@ -37,6 +38,7 @@ from slt_ppl.sampling.options import RunSettings, check_settings, checkpoint_set
 from slt_ppl.sampling.recovery import run_with_recovery
 from slt_ppl.sampling.result import build_result
 from slt_ppl.sampling.stepsize import tune_step_size
+from slt_ppl.sampling.temperatures import chain_factors, check_temperatures, split_temperatures
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -59,9 +61,14 @@ class Backend(Protocol):
 
     def get_kernel(self, kernel: Any, options: dict[str, Any]) -> Any: ...
 
-    def runner(self, posterior: Any, kernel: Any, batch: int, s: RunSettings) -> Any: ...
+    def runner(
+        self, posterior: Any, kernel: Any, batch: int, s: RunSettings, num_chains: int,
+        nbeta_factors: np.ndarray | None,
+    ) -> Any: ...  # fmt: skip
 
-    def keys(self, seed: int, stream: int, num_chains: int, shared: bool) -> tuple[Any, Any]: ...
+    def keys(
+        self, seed: int, stream: int, chain_index: np.ndarray, shared: bool
+    ) -> tuple[Any, Any]: ...
 
     def initial_positions(self, posterior: Any, chain_keys: Any, jitter: float) -> Any: ...
 
@@ -89,9 +96,14 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
         options.setdefault("freeze_after", s.burnin_steps)
     kern = backend.get_kernel(s.kernel, options)
     batch = posterior.n if kern.full_batch else min(posterior.n, s.batch_size or DEFAULT_BATCH_SIZE)
-    runner = backend.runner(posterior, kern, batch, s)
+    factors = check_temperatures(s.temperatures)
+    # temperature-major layout; chain c has the same keys at every temperature (common random
+    # numbers, sampling.temperatures)
+    chain_index = np.arange(s.num_chains * (1 if factors is None else len(factors))) % s.num_chains
+    per_chain_factors = None if factors is None else chain_factors(factors, s.num_chains)
+    runner = backend.runner(posterior, kern, batch, s, len(chain_index), per_chain_factors)
     shared = s.plan.shared_batches
-    chain_keys, batch_keys = backend.keys(s.seed, CHAIN_STREAM, s.num_chains, shared)
+    chain_keys, batch_keys = backend.keys(s.seed, CHAIN_STREAM, chain_index, shared)
     state = runner.init(
         chain_keys, backend.initial_positions(posterior, chain_keys, float(s.init_jitter))
     )
@@ -108,8 +120,8 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
     if restored is not None:
         step_size, tuning = restored.step_size, restored.tuning
     else:
-        step_size, tuning = _step_size(backend, posterior, runner, state, s)
-    stream = _open_stream(posterior, s)
+        step_size, tuning = _step_size(backend, posterior, runner, state, s, chain_index)
+    stream = _open_stream(posterior, s, len(chain_index))
     compile_before = runner.stats.get("compile_time_s", 0.0)
     try:
         records, state, wall, outcome = run_with_recovery(
@@ -135,15 +147,16 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
         **backend.attrs(),
         **({"draws_file": os.fspath(s.stream_to)} if s.stream_to is not None else {}),
     }
-    return build_result(
+    tree = build_result(
         posterior, records, num_burnin_draws=s.burnin_draws,
         diverged_at=backend.diverged_at(state), attrs=attrs,
         keep_draws=s.keep_draws and stream is None,
     )  # fmt: skip
+    return tree if factors is None else split_temperatures(tree, factors)
 
 
 def _step_size(
-    backend: Backend, posterior: Any, runner: Any, state: Any, s: RunSettings
+    backend: Backend, posterior: Any, runner: Any, state: Any, s: RunSettings, chain_index: Any
 ) -> tuple[float, dict[str, Any]]:
     """(ε, tuning record): the user's number, checked, or the tuner's choice from ``state``."""
     step_size = s.step_size
@@ -162,12 +175,12 @@ def _step_size(
     return step_size, {"method": "user"}
 
 
-def _open_stream(posterior: Any, s: RunSettings) -> Any:
+def _open_stream(posterior: Any, s: RunSettings, num_chains: int) -> Any:
     if s.stream_to is None:
         return None
     from slt_ppl.sampling.stream import DrawStream
 
-    return DrawStream(s.stream_to, posterior, s.num_chains, s.burnin_draws)
+    return DrawStream(s.stream_to, posterior, num_chains, s.burnin_draws)
 
 
 def run_segments(

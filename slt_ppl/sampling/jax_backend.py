@@ -52,19 +52,25 @@ class JaxBackend:
     def get_kernel(self, kernel: Any, options: dict[str, Any]) -> Any:
         return get_kernel(kernel, **options)
 
-    def runner(self, posterior: LocalPosterior, kernel: Any, batch: int, s: RunSettings) -> Any:
-        self.devices = sharding.resolve_devices(s.devices, s.num_chains)
+    def runner(
+        self, posterior: LocalPosterior, kernel: Any, batch: int, s: RunSettings, num_chains: int,
+        nbeta_factors: np.ndarray | None,
+    ) -> SegmentRunner:  # fmt: skip
+        self.devices = sharding.resolve_devices(s.devices, num_chains)
         self.mesh = sharding.chain_mesh(self.devices) if self.devices else None
         return SegmentRunner(
             posterior, kernel, batch, s.thin, s.plan.diag_every,
             s.keep_draws or s.stream_to is not None, s.plan.shared_batches,
             float(s.divergence.explode), mesh=self.mesh,
+            nbeta_factors=None if nbeta_factors is None else jnp.asarray(nbeta_factors),
         )  # fmt: skip
 
-    def keys(self, seed: int, stream: int, num_chains: int, shared: bool) -> tuple[Any, Any]:
+    def keys(
+        self, seed: int, stream: int, chain_index: np.ndarray, shared: bool
+    ) -> tuple[Any, Any]:
         master = jax.random.PRNGKey(seed)
         base = jax.random.fold_in(master, stream)
-        chain_keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(num_chains))
+        chain_keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(chain_index))
         if shared:
             batch_keys = jax.random.fold_in(master, 1) if stream == 0 else base
         elif stream == 0:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from slt_ppl.errors import SettingError
+from slt_ppl.sampling.temperatures import check_temperatures
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class RunSettings:
     checkpoint: Checkpointing | None = None
     stream_to: str | os.PathLike[str] | None = None
     devices: Any = None
+    temperatures: tuple[float, ...] | None = None
 
     @property
     def burnin_steps(self) -> int:
@@ -201,6 +203,7 @@ def check_settings(
         raise SettingError(f"kernel {kernel!r} is full batch; batch_size must be None or n")
     _check_numbers(s)
     _check_reliability(s, external_kernels)
+    check_temperatures(s.temperatures)
 
 
 def _check_numbers(s: RunSettings) -> None:
@@ -221,6 +224,11 @@ def _check_numbers(s: RunSettings) -> None:
 def _check_reliability(s: RunSettings, external_kernels: Any) -> None:
     ckpt, div = s.checkpoint, s.divergence
     external = isinstance(s.kernel, str) and s.kernel in external_kernels
+    if external and s.temperatures is not None:
+        raise SettingError(
+            f"temperatures work with slt_ppl's own kernels, not the PPL's {s.kernel!r}; run "
+            "posterior.replace(nbeta=...) once per temperature instead"
+        )
     if external and (ckpt is not None or div.retries):
         raise SettingError(
             "checkpoint, resume and retry_on_divergence work with slt_ppl's own kernels, not "
@@ -254,6 +262,7 @@ def checkpoint_settings(s: RunSettings) -> dict[str, Any]:
         "explode": float(s.divergence.explode), "num_segments": s.plan.num_segments,
         "kernel_options": s.kernel_options, "retry_on_divergence": s.divergence.retries,
         "max_diverged_fraction": float(s.divergence.max_fraction),
+        "temperatures": None if s.temperatures is None else [float(t) for t in s.temperatures],
     }  # fmt: skip
 
 

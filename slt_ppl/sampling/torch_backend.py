@@ -64,17 +64,20 @@ class TorchBackend:
         return get_kernel(kernel, **options)
 
     def runner(
-        self, posterior: TorchLocalPosterior, kernel: Any, batch: int, s: RunSettings
-    ) -> TorchSegmentRunner:
+        self, posterior: TorchLocalPosterior, kernel: Any, batch: int, s: RunSettings,
+        num_chains: int, nbeta_factors: np.ndarray | None,
+    ) -> TorchSegmentRunner:  # fmt: skip
         check_devices(s.devices, posterior.device)
         return TorchSegmentRunner(
             posterior, kernel, batch, s.thin, s.plan.diag_every,
             s.keep_draws or s.stream_to is not None, s.plan.shared_batches,
-            float(s.divergence.explode),
+            float(s.divergence.explode), nbeta_factors,
         )  # fmt: skip
 
-    def keys(self, seed: int, stream: int, num_chains: int, shared: bool) -> tuple[Any, Any]:
-        chain_keys = np.array([mix(seed, stream, i) for i in range(num_chains)], np.uint64)
+    def keys(
+        self, seed: int, stream: int, chain_index: np.ndarray, shared: bool
+    ) -> tuple[Any, Any]:
+        chain_keys = np.array([mix(seed, stream, int(i)) for i in chain_index], np.uint64)
         if shared:
             return chain_keys, np.uint64(mix(seed, 1 if stream == 0 else stream))
         if stream == 0:

@@ -5,9 +5,11 @@ The same program as :mod:`slt_ppl.sampling.loop`, step for step, behind the same
 (``init(chain_keys, positions)``, ``build(k)(state, chain_keys, batch_keys, ε, start,
 diag_every)``, ``for_tuning()``), so the backend-neutral driver (``sampling.driver``) and the tuner
 (``sampling.stepsize``) drive both. Per draw the first step is recorded (L_B(w_t) and U_B(w_t) from
-the gradient evaluation, L_B(w*) on the same minibatch, ‖∇U_B‖, ‖w_t − w*‖); the MALA-acceptance
-diagnostic (Furman & Lau 2024, App. D) is computed every ``diag_every``-th draw with U and ∇U at
-both points on the same minibatch; a chain whose potential or new position is non-finite, or whose
+the gradient evaluation, L_B(w*) on the same minibatch, ‖∇U_B‖, ‖w_t − w*‖); every
+``diag_every``-th draw the MALA-acceptance diagnostic (Furman & Lau 2024, App. D, U and ∇U at both
+points on the same minibatch) and the heating statistics ``laplacian`` and ``grad_noise``
+(:meth:`TorchSegmentRunner.heating`) are recorded; chain c may run at nβ·``nbeta_factors[c]``
+(temperatures); a chain whose potential or new position is non-finite, or whose
 L_B − L_B(w*) exceeds ``explode``·(1 + |L_B(w*)|), is frozen at its last good state and the step
 recorded in ``diverged_at``; later records of that chain are NaN.
 
@@ -91,21 +93,47 @@ class TorchSegmentRunner:
     keep_draws: bool
     shared_batches: bool
     explode: float
+    nbeta_factors: Any = None  # (C,) per-chain factors of nβ (temperatures), None = all 1
     stats: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
-    _fns: dict[str, Callable] = field(default_factory=dict, repr=False, compare=False)
+    _fns: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         post = self.posterior
-        vg_one = torch.func.grad_and_value(post.potential, has_aux=True)
-        self._fns["shared"] = torch.func.vmap(vg_one, in_dims=(0, None))
-        self._fns["indep"] = torch.func.vmap(vg_one, in_dims=(0, 0))
-        self._fns["center_indep"] = torch.func.vmap(post.loss_fn, in_dims=(None, 0))
+        factors = self.nbeta_factors
+        f_dim = None if factors is None else 0
+        if factors is not None:
+            self._fns["factors"] = torch.as_tensor(
+                np.asarray(factors), dtype=post.center.dtype, device=post.device
+            )
+        self._fns["nbeta"] = post.nbeta if factors is None else post.nbeta * self._fns["factors"]
+
+        def potential(w: Tensor, batch: Mapping[str, Tensor], factor: Any) -> Any:
+            if factor is None:
+                return post.potential(w, batch)
+            loss = post.loss_fn(w, batch)
+            return post.nbeta * factor * loss + post.localization(w), loss
+
+        def scaled_loss(w: Tensor, batch: Mapping[str, Tensor], factor: Any) -> Tensor:
+            return post.nbeta * (1.0 if factor is None else factor) * post.loss_fn(w, batch)
+
+        def hvp(w: Tensor, v: Tensor, batch: Mapping[str, Tensor], factor: Any) -> Tensor:
+            grad = torch.func.grad(scaled_loss)
+            return torch.func.jvp(lambda u: grad(u, batch, factor), (w,), (v,))[1]
+
+        vg_one = torch.func.grad_and_value(potential, has_aux=True)
+        grad_one = torch.func.grad(scaled_loss)
+        vmap = torch.func.vmap
+        for kind, b_dim in (("shared", None), ("indep", 0)):
+            self._fns[kind] = vmap(vg_one, in_dims=(0, b_dim, f_dim))
+            self._fns[f"hvp_{kind}"] = vmap(hvp, in_dims=(0, 0, b_dim, f_dim))
+            self._fns[f"grad_{kind}"] = vmap(grad_one, in_dims=(0, b_dim, f_dim))
+        self._fns["center_indep"] = vmap(post.loss_fn, in_dims=(None, 0))
 
     def for_tuning(self) -> TorchSegmentRunner:
         """The runner the step-size tuner probes with (one step per draw, no kept draws)."""
         if self.thin == 1 and not self.keep_draws:
             return self
-        twin = dataclasses.replace(self, thin=1, keep_draws=False, _fns={})
+        twin = dataclasses.replace(self, thin=1, keep_draws=False, stats={}, _fns={})
         object.__setattr__(twin, "stats", self.stats)
         return twin
 
@@ -133,9 +161,10 @@ class TorchSegmentRunner:
     def value_and_grad(self, batch: Mapping[str, Tensor], per_chain: bool) -> Callable:
         """W (C, d) → (U_B, L_B, ∇U_B) of every chain on ``batch``."""
         fn = self._fns["indep" if per_chain else "shared"]
+        factors = self._fns.get("factors")
 
         def vg(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            grad, (potential, loss) = fn(w, batch)
+            grad, (potential, loss) = fn(w, batch, factors)
             return potential, loss, grad
 
         return vg
@@ -188,6 +217,30 @@ class TorchSegmentRunner:
         )
         return torch.where(torch.isnan(log_a), 0.0, torch.exp(torch.clamp(log_a, max=0.0)))
 
+    def heating(
+        self, w: Tensor, precond: Tensor, batch: Mapping[str, Tensor], per_chain: bool,
+        noise: ChainNoise,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """The heating statistics of ``sampling.loop.heating_statistics`` for every chain (seam 2):
+        laplacian = vᵀ∇²(nβ·L_B)(w)v, v = G^½z with z Rademacher (Hutchinson), unbiased for
+        tr(G·∇²(nβ·L_B)); grad_noise = m/(2B)·‖G^½(g₁ − g₂)‖², g_k the gradients of nβ·L on the two
+        halves (m rows each) of the step's minibatch, unbiased for tr(G·Σ_B); 0 for full
+        batches."""
+        kind = "indep" if per_chain else "shared"
+        factors = self._fns.get("factors")
+        v = torch.sqrt(precond) * torch.where(noise.uniform(w) < 0.5, -1.0, 1.0).to(w.dtype)
+        laplacian = torch.sum(v * self._fns[f"hvp_{kind}"](w, v, batch, factors), dim=-1)
+        size = next(iter(batch.values())).shape[1 if per_chain else 0]
+        if self.kernel.full_batch or self.batch_size >= self.posterior.n or size < 2:
+            return laplacian, torch.zeros_like(laplacian)
+        m = size // 2
+        axis = 1 if per_chain else 0
+        first = {k: a.narrow(axis, 0, m) for k, a in batch.items()}
+        second = {k: a.narrow(axis, m, m) for k, a in batch.items()}
+        grad = self._fns[f"grad_{kind}"]
+        diff = grad(w, first, factors) - grad(w, second, factors)
+        return laplacian, m / (2.0 * size) * torch.sum(precond * diff**2, dim=-1)
+
     def _draw(
         self, state: TorchChainState, streams: _Streams, step_size: float, i: int,
         diag_every: int, out: dict[str, Tensor], j: int,
@@ -199,13 +252,18 @@ class TorchSegmentRunner:
         ok = finite & (state.diverged_at < 0)
         nan = torch.full_like(info.potential, float("nan"))
         if self.kernel.full_batch:
-            loss = (info.potential - post.localization(w)) / post.nbeta
+            loss = (info.potential - post.localization(w)) / self._fns["nbeta"]
             loss_center = torch.full_like(nan, post.info["loss_center_full"])
         elif per_chain:
             loss, loss_center = info.loss, self._fns["center_indep"](post.center, batch)
         else:
             loss, loss_center = info.loss, post.loss_fn(post.center, batch).expand(w.shape[0])
-        acceptance = self._acceptance(w, info, new_ks, vg, streams, step_size, i % diag_every == 0)
+        diagnose = i % diag_every == 0
+        acceptance = self._acceptance(w, info, new_ks, vg, streams, step_size, diagnose)
+        if diagnose and self.kernel.proposal != "metropolis":  # exact kernels: no heating
+            laplacian, grad_noise = self.heating(w, info.precond, batch, per_chain, streams.noise)
+        else:
+            laplacian = grad_noise = nan
         exploded = (loss - loss_center) > self.explode * (1.0 + torch.abs(loss_center))
         state = self._commit(state, new_ks, finite & ~exploded, t0)
         alive = ok & ~exploded
@@ -216,6 +274,8 @@ class TorchSegmentRunner:
         out["grad_norm"][:, j] = torch.where(alive, grad_norm, nan)
         distance = torch.linalg.vector_norm(w - post.center, dim=-1)
         out["distance"][:, j] = torch.where(alive, distance, nan)
+        out["laplacian"][:, j] = torch.where(alive, laplacian, nan)
+        out["grad_noise"][:, j] = torch.where(alive, grad_noise, nan)
         if self.keep_draws:
             out["position"][:, j] = torch.where(alive[:, None], w, float("nan"))
         for k in range(1, self.thin):
