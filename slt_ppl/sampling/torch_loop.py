@@ -5,7 +5,8 @@ The same program as :mod:`slt_ppl.sampling.loop`, step for step, behind the same
 (``init(chain_keys, positions)``, ``build(k)(state, chain_keys, batch_keys, ε, start,
 diag_every)``, ``for_tuning()``), so the backend-neutral driver (``sampling.driver``) and the tuner
 (``sampling.stepsize``) drive both. Per draw the first step is recorded (L_B(w_t) and U_B(w_t) from
-the gradient evaluation, L_B(w*) on the same minibatch, ‖∇U_B‖, ‖w_t − w*‖); every
+the gradient evaluation, L_B(w*) on the same minibatch — a gather from a per-datum table at w* when
+the loss is a per-datum mean, else a forward pass —, ‖∇U_B‖, ‖w_t − w*‖); every
 ``diag_every``-th draw the MALA-acceptance diagnostic (Furman & Lau 2024, App. D, U and ∇U at both
 points on the same minibatch) and the heating statistics ``laplacian`` and ``grad_noise``
 (:meth:`TorchSegmentRunner.heating`) are recorded; chain c may run at nβ·``nbeta_factors[c]``
@@ -27,6 +28,8 @@ segment ends with a single copy to the host (no ``.item()`` on the hot path).
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -80,6 +83,18 @@ class _Streams(NamedTuple):
     batch_gen: torch.Generator
 
 
+class _Step(NamedTuple):
+    """One kernel step before freezing: new state, info, finiteness and the minibatch used."""
+
+    new_ks: Any
+    info: StepInfo
+    finite: Tensor
+    vg: Callable
+    batch: Mapping[str, Tensor]
+    per_chain: bool
+    idx: Tensor | None
+
+
 @dataclass(frozen=True)
 class TorchSegmentRunner:
     """Runs ``num_draws`` draws of all chains; see the module docstring. Same fields and methods as
@@ -94,6 +109,7 @@ class TorchSegmentRunner:
     shared_batches: bool
     explode: float
     nbeta_factors: Any = None  # (C,) per-chain factors of nβ (temperatures), None = all 1
+    center_table: str = "auto"  # "off": L_B(w*) always by a forward pass
     stats: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
     _fns: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -135,6 +151,8 @@ class TorchSegmentRunner:
             return self
         twin = dataclasses.replace(self, thin=1, keep_draws=False, stats={}, _fns={})
         object.__setattr__(twin, "stats", self.stats)
+        if "table" in self._fns:
+            twin._fns["table"] = self._fns["table"]
         return twin
 
     # -- minibatches and potentials -------------------------------------------------------------
@@ -144,19 +162,59 @@ class TorchSegmentRunner:
         seeds = np.atleast_1d(np.asarray(batch_keys, dtype=np.uint64)).tolist()
         return _Streams(ChainNoise(chain_keys, device), seeds, torch.Generator(device=device))
 
-    def batch(self, streams: _Streams, t: int) -> tuple[Mapping[str, Tensor], bool]:
-        """The minibatch of global step ``t`` and whether it is per chain (indices drawn with
-        replacement on the device from (batch key, t))."""
+    def batch(self, streams: _Streams, t: int) -> tuple[Mapping[str, Tensor], bool, Tensor | None]:
+        """The minibatch of global step ``t``, whether it is per chain, and its row indices (drawn
+        with replacement on the device from (batch key, t); None for the full data)."""
         post = self.posterior
         if self.kernel.full_batch or self.batch_size >= post.n:
-            return post.data, False
+            return post.data, False, None
         gen, device = streams.batch_gen, post.device
         rows = []
         for seed in streams.batch_seeds:
             gen.manual_seed(mix(seed, t))
             rows.append(torch.randint(0, post.n, (self.batch_size,), generator=gen, device=device))
         idx = rows[0] if self.shared_batches else torch.stack(rows)
-        return {k: v[idx] for k, v in post.data.items()}, not self.shared_batches
+        return {k: v[idx] for k, v in post.data.items()}, not self.shared_batches, idx
+
+    def center_losses(self) -> Tensor | None:
+        """Per-datum losses ℓ_i = L_{{i}}(w*) if L_B(w*) = mean_{i∈B} ℓ_i holds, else None: with
+        the table, L_B(w*) on a minibatch is a gather instead of a forward pass. The same rule as
+        ``SegmentRunner.center_losses`` (checked on two random minibatches, relative tolerance
+        1e-4; models that are not per-datum means, or cannot run on one-row batches, keep the
+        forward pass)."""
+        post = self.posterior
+        if self.center_table == "off" or self.kernel.full_batch or self.batch_size >= post.n:
+            return None
+
+        def one(row: Mapping[str, Tensor]) -> Tensor:
+            return post.loss_fn(post.center, {k: v.unsqueeze(0) for k, v in row.items()})
+
+        per_rows = torch.func.vmap(one)
+        gen = torch.Generator(device=post.device).manual_seed(20240611)
+        try:
+            with torch.no_grad():
+                table = torch.cat([
+                    per_rows({k: v[start : start + 1024] for k, v in post.data.items()})
+                    for start in range(0, post.n, 1024)
+                ])  # fmt: skip
+                for _ in range(2):
+                    idx = torch.randint(
+                        0, post.n, (self.batch_size,), generator=gen, device=post.device
+                    )
+                    direct = float(
+                        post.loss_fn(post.center, {k: v[idx] for k, v in post.data.items()})
+                    )
+                    gathered = float(torch.mean(table[idx]))
+                    if not (
+                        math.isfinite(direct)
+                        and abs(direct - gathered) <= 1e-4 * (1.0 + abs(direct))
+                    ):
+                        return None
+        except Exception:  # a model that cannot run on one-row batches keeps the forward pass
+            return None
+        if table.shape != (post.n,) or not bool(torch.isfinite(table).all()):
+            return None
+        return table
 
     def value_and_grad(self, batch: Mapping[str, Tensor], per_chain: bool) -> Callable:
         """W (C, d) → (U_B, L_B, ∇U_B) of every chain on ``batch``."""
@@ -172,7 +230,12 @@ class TorchSegmentRunner:
     # -- one step, one draw ---------------------------------------------------------------------
 
     def init(self, chain_keys: Any, positions: Tensor) -> TorchChainState:
-        """Initial states of all chains (chain_keys: one seed per chain; positions: (C, d))."""
+        """Initial states of all chains (chain_keys: one seed per chain; positions: (C, d)); also
+        builds the center table once per runner, so the timed segments do not include it."""
+        if "table" not in self._fns:
+            t0 = time.perf_counter()
+            self._fns["table"] = self.center_losses()
+            self.stats["center_table_s"] = time.perf_counter() - t0
         noise = ChainNoise(chain_keys, self.posterior.device).at(INIT_TAG)
         vg = self.value_and_grad(self.posterior.data, False)
         with torch.no_grad():
@@ -180,16 +243,13 @@ class TorchSegmentRunner:
         diverged = torch.full((positions.shape[0],), -1, dtype=torch.int64, device=positions.device)
         return TorchChainState(ks, diverged)
 
-    def _step(
-        self, state: TorchChainState, streams: _Streams, t: int, step_size: float
-    ) -> tuple[Any, StepInfo, Tensor, Callable, Mapping[str, Tensor], bool]:
-        """One kernel step at global step ``t`` (nothing frozen yet): (new kernel state, info,
-        finite, value_and_grad, batch, per_chain)."""
-        batch, per_chain = self.batch(streams, t)
+    def _step(self, state: TorchChainState, streams: _Streams, t: int, step_size: float) -> _Step:
+        """One kernel step at global step ``t`` (nothing frozen yet)."""
+        batch, per_chain, idx = self.batch(streams, t)
         vg = self.value_and_grad(batch, per_chain)
         new_ks, info = self.kernel.step(streams.noise.at(t), state.kernel_state, vg, step_size)
         finite = torch.isfinite(info.potential) & torch.isfinite(new_ks.position).all(-1)
-        return new_ks, info, finite, vg, batch, per_chain
+        return _Step(new_ks, info, finite, vg, batch, per_chain, idx)
 
     @staticmethod
     def _commit(state: TorchChainState, new_ks: Any, good: Tensor, t: int) -> TorchChainState:
@@ -248,12 +308,15 @@ class TorchSegmentRunner:
         post = self.posterior
         t0 = i * self.thin
         w = state.kernel_state.position
-        new_ks, info, finite, vg, batch, per_chain = self._step(state, streams, t0, step_size)
+        new_ks, info, finite, vg, batch, per_chain, idx = self._step(state, streams, t0, step_size)
         ok = finite & (state.diverged_at < 0)
         nan = torch.full_like(info.potential, float("nan"))
+        table = self._fns.get("table")
         if self.kernel.full_batch:
             loss = (info.potential - post.localization(w)) / self._fns["nbeta"]
             loss_center = torch.full_like(nan, post.info["loss_center_full"])
+        elif table is not None and idx is not None:
+            loss, loss_center = info.loss, torch.mean(table[idx], dim=-1).expand(w.shape[0])
         elif per_chain:
             loss, loss_center = info.loss, self._fns["center_indep"](post.center, batch)
         else:
@@ -279,8 +342,8 @@ class TorchSegmentRunner:
         if self.keep_draws:
             out["position"][:, j] = torch.where(alive[:, None], w, float("nan"))
         for k in range(1, self.thin):
-            new_ks, _, finite, *_ = self._step(state, streams, t0 + k, step_size)
-            state = self._commit(state, new_ks, finite, t0 + k)
+            step = self._step(state, streams, t0 + k, step_size)
+            state = self._commit(state, step.new_ks, step.finite, t0 + k)
         return state
 
     def run(
