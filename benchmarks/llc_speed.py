@@ -116,8 +116,9 @@ def worker_ours_torch(size: str, chains: int, steps: int, gamma: float, repeats:
 # ------------------------------------------------------------------------------------------ minimal
 
 
-def worker_minimal(size: str, chains: int, steps: int, gamma: float, repeats: int) -> dict:
-    """Hand-written SGLD: lax.scan over steps, vmap over chains, the loss recorded each step."""
+def minimal_program(size: str, chains: int, steps: int, gamma: float):
+    """The hand-written SGLD loop, compiled: returns (run() -> per-step losses (steps, chains),
+    compile seconds, L_n(w*), nβ). Also used by ``llc_profile.py``."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -163,13 +164,21 @@ def worker_minimal(size: str, chains: int, steps: int, gamma: float, repeats: in
     t0 = time.perf_counter()
     compiled = jax.jit(run).lower(ws, keys, x, y, center).compile()
     compile_s = time.perf_counter() - t0
+
+    def go():
+        return np.asarray(jax.block_until_ready(compiled(ws, keys, x, y, center)[1]))
+
+    return go, compile_s, float(jax.jit(loss)(center, x, y)), nbeta
+
+
+def worker_minimal(size: str, chains: int, steps: int, gamma: float, repeats: int) -> dict:
+    """Hand-written SGLD: lax.scan over steps, vmap over chains, the loss recorded each step."""
+    go, compile_s, full, nbeta = minimal_program(size, chains, steps, gamma)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        _, losses = compiled(ws, keys, x, y, center)
-        losses = np.asarray(jax.block_until_ready(losses))
+        losses = go()
         times.append(time.perf_counter() - t0)
-    full = float(jax.jit(loss)(center, x, y))
     llc = float(nbeta * (losses[steps // 2 :].mean() - full))
     return {"time_s": times, "compile_s": compile_s, "llc": llc}
 

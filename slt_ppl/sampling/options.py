@@ -133,10 +133,14 @@ def from_legacy(
     """Fold the old flat keywords (``diag_every=``, ``resume=``, ...) into the option objects.
 
     ``checkpoint`` may be a :class:`Checkpointing` or a path. An unknown keyword raises
-    ``TypeError`` as Python would for a misspelt argument."""
+    ``SettingError`` naming it."""
     unknown = sorted(set(legacy) - set(LEGACY))
     if unknown:
-        raise TypeError(f"sample() got unexpected keyword arguments {unknown}")
+        raise SettingError(
+            f"sample() got unknown keyword arguments {unknown}; the rare settings are "
+            f"{sorted(LEGACY)} or the option objects plan=Plan(...), divergence=Divergence(...), "
+            "checkpoint=Checkpointing(...)"
+        )
     if checkpoint is not None and not isinstance(checkpoint, Checkpointing):
         if not isinstance(checkpoint, str | os.PathLike):
             raise SettingError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
