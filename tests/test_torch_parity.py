@@ -201,3 +201,26 @@ def test_center_table_matches_forward_pass(posterior, shared_batches):
     # a mean of 20 per-datum float32 losses vs one forward pass: equal to float32 rounding
     np.testing.assert_allclose(records["auto"].loss_center, records["off"].loss_center, rtol=1e-5)
     np.testing.assert_array_equal(records["auto"].loss, records["off"].loss)
+
+
+def test_temperatures_and_heating_statistics_match_theory(posterior):
+    """Linear regression: ∇²L_B(w) = X_BᵀX_B/B for every w, so the Hutchinson laplacian at nβ·f
+    has mean nβ·f·tr(XᵀX)/n exactly (unbiased over the Rademacher probe and the minibatch). Each
+    diagnostic draw is an independent probe and minibatch, so the standard error is the sample
+    standard deviation over √(draws); we allow 4 of them."""
+    res = slt_ppl.sample(
+        posterior, num_chains=2, num_draws=150, num_burnin=0, step_size=1e-3, progress=False,
+        temperatures=(1.0, 2.0), diag_every=2, batch_size=40, num_segments=2,
+    )  # fmt: skip
+    stats = res["sample_stats"]
+    assert dict(stats["loss"].sizes) == {"temperature": 2, "chain": 2, "draw": 150}
+    x = posterior.data["x"].double()
+    exact = posterior.nbeta * float(torch.sum(x**2)) / posterior.n
+    for factor in (1.0, 2.0):
+        lap = stats["laplacian"].sel(temperature=factor).values
+        assert np.isnan(lap[:, 1::2]).all() and np.isfinite(lap[:, ::2]).all()
+        sample = lap[:, ::2].ravel()
+        se = sample.std(ddof=1) / np.sqrt(sample.size)
+        assert abs(sample.mean() - factor * exact) <= 4 * se, (sample.mean(), factor * exact, se)
+        noise = stats["grad_noise"].sel(temperature=factor).values[:, ::2]
+        assert (noise >= 0).all() and np.isfinite(noise).all()
