@@ -224,3 +224,10 @@ def test_temperatures_and_heating_statistics_match_theory(posterior):
         assert abs(sample.mean() - factor * exact) <= 4 * se, (sample.mean(), factor * exact, se)
         noise = stats["grad_noise"].sel(temperature=factor).values[:, ::2]
         assert (noise >= 0).all() and np.isfinite(noise).all()
+
+
+def test_auto_step_size_uses_the_shared_tuner(posterior):
+    res = slt_ppl.sample(posterior, num_chains=2, num_draws=10, progress=False, temperatures=(1, 2))
+    tuning = json.loads(res.attrs["step_size_tuning"])
+    assert tuning["method"].startswith("bisection") and tuning["chosen"] == res.attrs["step_size"]
+    assert res.attrs["step_size"] <= min(tuning["caps"].values())

@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import xarray as xr
@@ -83,6 +83,20 @@ class Backend(Protocol):
     def attrs(self) -> dict[str, Any]: ...
 
 
+class Setup(NamedTuple):
+    """A run's fixed parts: kernel, minibatch size, chain layout, step program, keys, start."""
+
+    kernel: Any
+    batch: int
+    factors: tuple[float, ...] | None  # temperatures (nβ factors), None for one temperature
+    chain_index: np.ndarray  # chain c's key index (the same at every temperature)
+    runner: Any
+    chain_keys: Any
+    batch_keys: Any
+    state: Any  # the initial state of every chain
+    settings: dict[str, Any]  # what a checkpoint must match to be resumed
+
+
 def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
     """Check ``s``, sample ``posterior`` with ``backend`` and return the result tree."""
     backend.check_posterior(posterior)
@@ -91,43 +105,21 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
     )
     if isinstance(s.kernel, str) and s.kernel in backend.external_kernels:
         return backend.sample_external(posterior, s)
-    options = dict(s.kernel_options or {})
-    if s.kernel == "rmsprop_sgld":
-        options.setdefault("freeze_after", s.burnin_steps)
-    kern = backend.get_kernel(s.kernel, options)
-    batch = posterior.n if kern.full_batch else min(posterior.n, s.batch_size or DEFAULT_BATCH_SIZE)
-    factors = check_temperatures(s.temperatures)
-    # temperature-major layout; chain c has the same keys at every temperature (common random
-    # numbers, sampling.temperatures)
-    chain_index = np.arange(s.num_chains * (1 if factors is None else len(factors))) % s.num_chains
-    per_chain_factors = None if factors is None else chain_factors(factors, s.num_chains)
-    runner = backend.runner(posterior, kern, batch, s, len(chain_index), per_chain_factors)
-    shared = s.plan.shared_batches
-    chain_keys, batch_keys = backend.keys(s.seed, CHAIN_STREAM, chain_index, shared)
-    state = runner.init(
-        chain_keys, backend.initial_positions(posterior, chain_keys, float(s.init_jitter))
-    )
-    settings = {
-        "sample_kwargs": checkpoint_settings(s),
-        "posterior": _posterior_settings(posterior),
-        "kernel_params": kern.params,
-        "batch": batch,
-        "total_draws": s.total_draws,
-    }
+    setup = _setup(backend, posterior, s)
     ckpt_file = checkpoint_path(s.checkpoint.path) if s.checkpoint is not None else None
     resume = s.checkpoint is not None and s.checkpoint.resume
-    restored = load_for_resume(ckpt_file, settings) if resume else None
+    restored = load_for_resume(ckpt_file, setup.settings) if resume else None
     if restored is not None:
         step_size, tuning = restored.step_size, restored.tuning
     else:
-        step_size, tuning = _step_size(backend, posterior, runner, state, s, chain_index)
-    stream = _open_stream(posterior, s, len(chain_index))
-    compile_before = runner.stats.get("compile_time_s", 0.0)
+        step_size, tuning = _step_size(backend, posterior, setup, s)
+    stream = _open_stream(posterior, s, len(setup.chain_index))
+    compile_before = setup.runner.stats.get("compile_time_s", 0.0)
     try:
         records, state, wall, outcome = run_with_recovery(
-            lambda *a, **kw: run_segments(*a, **kw, stream=stream), runner, state, chain_keys,
-            batch_keys, step_size, s.total_draws, s.plan.num_segments, s.progress,
-            settings=settings, tuning=tuning, checkpoint_file=ckpt_file,
+            lambda *a, **kw: run_segments(*a, **kw, stream=stream), setup.runner, setup.state,
+            setup.chain_keys, setup.batch_keys, step_size, s.total_draws, s.plan.num_segments,
+            s.progress, settings=setup.settings, tuning=tuning, checkpoint_file=ckpt_file,
             checkpoint_every=s.checkpoint.every if s.checkpoint else 1, restored=restored,
             retry_on_divergence=s.divergence.retries,
             max_diverged_fraction=s.divergence.max_fraction, host=backend,
@@ -135,9 +127,9 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
     finally:
         if stream is not None:
             stream.close()
-    compile_time = runner.stats.get("compile_time_s", 0.0)
+    compile_time = setup.runner.stats.get("compile_time_s", 0.0)
     attrs = {
-        **_run_attrs(s, kern, batch, outcome.step_size, tuning),
+        **_run_attrs(s, setup.kernel, setup.batch, outcome.step_size, tuning),
         "divergence_retries": int(outcome.attempt),
         "retry_history": json.dumps(outcome.history),
         "resumed_from_draw": -1 if outcome.resumed_from_draw is None else outcome.resumed_from_draw,
@@ -152,17 +144,48 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
         diverged_at=backend.diverged_at(state), attrs=attrs,
         keep_draws=s.keep_draws and stream is None,
     )  # fmt: skip
-    return tree if factors is None else split_temperatures(tree, factors)
+    return tree if setup.factors is None else split_temperatures(tree, setup.factors)
+
+
+def _setup(backend: Backend, posterior: Any, s: RunSettings) -> Setup:
+    """Kernel, minibatch size, chain layout (temperature-major; chain c has the same keys at every
+    temperature: common random numbers, ``sampling.temperatures``), step program, keys and the
+    initial state."""
+    options = dict(s.kernel_options or {})
+    if s.kernel == "rmsprop_sgld":
+        options.setdefault("freeze_after", s.burnin_steps)
+    kern = backend.get_kernel(s.kernel, options)
+    batch = posterior.n if kern.full_batch else min(posterior.n, s.batch_size or DEFAULT_BATCH_SIZE)
+    factors = check_temperatures(s.temperatures)
+    chain_index = np.arange(s.num_chains * (1 if factors is None else len(factors))) % s.num_chains
+    per_chain_factors = None if factors is None else chain_factors(factors, s.num_chains)
+    runner = backend.runner(posterior, kern, batch, s, len(chain_index), per_chain_factors)
+    chain_keys, batch_keys = backend.keys(s.seed, CHAIN_STREAM, chain_index, s.plan.shared_batches)
+    positions = backend.initial_positions(posterior, chain_keys, float(s.init_jitter))
+    settings = {
+        "sample_kwargs": checkpoint_settings(s),
+        "posterior": _posterior_settings(posterior),
+        "kernel_params": kern.params,
+        "batch": batch,
+        "total_draws": s.total_draws,
+    }
+    return Setup(
+        kern, batch, factors, chain_index, runner, chain_keys, batch_keys,
+        runner.init(chain_keys, positions), settings,
+    )  # fmt: skip
 
 
 def _step_size(
-    backend: Backend, posterior: Any, runner: Any, state: Any, s: RunSettings, chain_index: Any
+    backend: Backend, posterior: Any, setup: Setup, s: RunSettings
 ) -> tuple[float, dict[str, Any]]:
-    """(ε, tuning record): the user's number, checked, or the tuner's choice from ``state``."""
+    """(ε, tuning record): the user's number, checked, or the tuner's choice from the initial
+    state (its own key stream, so tuning never shifts the sampling draws)."""
     step_size = s.step_size
     if step_size is None or step_size == "auto":
-        keys, batch_keys = backend.keys(s.seed, TUNING_STREAM, s.num_chains, s.plan.shared_batches)
-        return tune_step_size(runner.for_tuning(), state, keys, batch_keys, caps_fn=backend.caps_fn)
+        shared = s.plan.shared_batches
+        keys, batch_keys = backend.keys(s.seed, TUNING_STREAM, setup.chain_index, shared)
+        runner = setup.runner.for_tuning()
+        return tune_step_size(runner, setup.state, keys, batch_keys, caps_fn=backend.caps_fn)
     try:
         step_size = float(step_size)
     except (TypeError, ValueError) as err:
