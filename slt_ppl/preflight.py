@@ -169,7 +169,9 @@ def check_center_gradient(posterior: Any, grad: Any = None, *, max_listed: int =
 
     Works for JAX (NumPyro, plain loss) and torch (Pyro) posteriors; the gradient is of the mean
     per-datum NLL on all n data points, the function every sampler differentiates. ``grad``: that
-    gradient when the caller has it already (the backends compute it with L_n(w*)).
+    gradient when the caller has it already (the backends compute it with L_n(w*), and pass an
+    object with the posterior's ``backend``, ``center``, ``unravel`` and ``info`` before the
+    posterior itself exists).
     """
     if grad is not None:
         grad = np.asarray(grad.detach().cpu() if hasattr(grad, "detach") else grad)

@@ -23,6 +23,7 @@ coordinates.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import jax
@@ -240,7 +241,6 @@ def localize_numpyro(
     params_u, transforms = unconstrain_center(center, latent)
     flat_center, unravel = ravel_pytree(params_u)
     loss_fn, constrain = make_loss_fn(model, list(observed), unravel, transforms)
-    at_center = full_trace if given is not None else None
     return finish_posterior(
         loss_fn=loss_fn,
         data=jdata,
@@ -253,14 +253,25 @@ def localize_numpyro(
         nbeta=nbeta,
         gamma=gamma,
         info={"model": getattr(model, "__name__", type(model).__name__)},
-        explain_loss=lambda: nonfinite_sites(at_center, list(observed)),
+        explain_loss=lambda: nonfinite_sites(model, jdata, _center_values(center), list(observed)),
     )
 
 
-def nonfinite_sites(tr: Mapping[str, dict] | None, observed: list[str]) -> str:
-    """'; non-finite log-likelihood at w*: site 'y' (3 of 10 values)' from a trace taken at the
-    center ('' without one)."""
-    if tr is None:
+def nonfinite_sites(
+    model: Callable[..., Any],
+    data: Mapping[str, jax.Array],
+    values: Mapping[str, jax.Array] | None,
+    observed: list[str],
+) -> str:
+    """'; non-finite log-likelihood at w* in site 'y' (3 of 10 values)' from a trace at the
+    center, with NumPyro's argument validation off (it would reject e.g. a zero scale before
+    the log-density could be seen); '' when nothing is found."""
+    import numpyro
+
+    try:
+        with numpyro.validation_enabled(False):
+            tr = trace_model(model, data, values)
+    except SLTError:
         return ""
     parts = []
     for name in observed:
@@ -316,6 +327,10 @@ def finish_posterior(
         )
     info = dict(info)
     info["loss_center_full"] = center_loss
+    # before γ's Hessian trace: an error naming the coordinates, not a wasted compile
+    check_center_gradient(
+        SimpleNamespace(backend=backend, center=center, unravel=unravel, info=info), center_grad
+    )
     if gamma is None or gamma == "auto":
         gamma_value, hbar = unit_information_gamma(loss_fn, center, data, n, nbeta_value)
         info["gamma_rule"] = "unit-information: beta*max(1, tr H/d)"
@@ -328,7 +343,7 @@ def finish_posterior(
         if not (np.isfinite(gamma_value) and gamma_value >= 0):
             raise SettingError(f"gamma must be a non-negative finite number, got {gamma!r}")
         info["gamma_rule"] = "user"
-    posterior = LocalPosterior(
+    return LocalPosterior(
         loss_fn=loss_fn,
         data=data,
         n=n,
@@ -341,5 +356,3 @@ def finish_posterior(
         constrain=constrain if constrain is not None else (lambda p: p),
         info=info,
     )
-    check_center_gradient(posterior, center_grad)
-    return posterior

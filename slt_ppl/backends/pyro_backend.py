@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -341,6 +342,10 @@ def finish_posterior(
         )
     info = dict(info)
     info["loss_center_full"] = center_loss
+    # before γ's Hessian trace: an error naming the coordinates, not a wasted compile
+    check_center_gradient(
+        SimpleNamespace(backend="pyro", center=center, unravel=unravel, info=info), center_grad
+    )
     info["device"] = str(device)
     if gamma is None or gamma == "auto":
         gamma_value, hbar = unit_information_gamma(loss_fn, center, data, n, nbeta_value)
@@ -354,7 +359,7 @@ def finish_posterior(
         if not (math.isfinite(gamma_value) and gamma_value >= 0):
             raise SettingError(f"gamma must be a non-negative finite number, got {gamma!r}")
         info["gamma_rule"] = "user"
-    posterior = TorchLocalPosterior(
+    return TorchLocalPosterior(
         loss_fn=loss_fn,
         data=data,
         n=n,
@@ -368,8 +373,6 @@ def finish_posterior(
         info=info,
         device=device,
     )
-    check_center_gradient(posterior, center_grad)
-    return posterior
 
 
 def from_module(
