@@ -194,16 +194,19 @@ def check_center_gradient(posterior: Any, grad: Any = None, *, max_listed: int =
     more = f"; and {len(where) - max_listed} more" if len(where) > max_listed else ""
     kinds = sorted({"NaN" if np.isnan(g) else "inf" for g in grad[bad]})
     loss = posterior.info.get("loss_center_full", math.nan)
+    overflow = (
+        " (an inf may also be a float32 overflow of a very steep loss)" if "inf" in kinds else ""
+    )
     raise ModelError(
         f"the gradient of L_n at the center w* is not finite ({'/'.join(kinds)}) in "
         f"{int(bad.sum())} of {bad.size} coordinates (site[index] of the unconstrained "
-        f"parameters): {shown}{more}. L_n(w*) = {loss:.6g} is "
-        "finite, so the likelihood has no derivative there as written (e.g. JAX differentiates "
-        "w**0.0 at w = 0 as 0·w⁻¹ = NaN; sqrt(w**2) and |w|**p with p < 1 have no derivative at "
-        "0). Every "
-        "gradient-based chain would diverge at its first step. Rewrite the expression so its "
-        "derivative exists at w* (drop constant factors such as w**0, use integer powers, "
-        "jnp.where-guarded square roots), or choose a center where the model is differentiable"
+        f"parameters): {shown}{more}. L_n(w*) = {loss:.6g} is finite, so the likelihood as "
+        "written has no derivative there: e.g. JAX differentiates w**0.0 at w = 0 as "
+        f"0·w⁻¹ = NaN; sqrt(w**2) and |w|**p with p < 1 have no derivative at 0{overflow}. "
+        "Every gradient-based chain would diverge at its first step. Rewrite the expression so "
+        "its derivative exists at w* (drop constant factors such as w**0, use integer powers, "
+        "guard square roots with jnp.where), or choose a center where the model is "
+        "differentiable"
     )
 
 

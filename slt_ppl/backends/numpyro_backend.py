@@ -314,10 +314,10 @@ def finish_posterior(
         raise
     except Exception as err:  # user code under jit: non-traceable control flow, shape errors
         raise ModelError(
-            f"evaluating the loss and its gradient at the center under jax.jit failed with "
+            f"evaluating the loss at the center under jax.jit failed with "
             f"{type(err).__name__}: {err}. The model/loss must be traceable by JAX (no Python "
-            "branching on parameter or data values), differentiable in the parameters, and "
-            "accept the full data"
+            "branching on parameter or data values), differentiable in the parameters (the loss "
+            "is evaluated together with its gradient), and accept the full data"
         ) from err
     if not np.isfinite(center_loss):
         raise ModelError(
