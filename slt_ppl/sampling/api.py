@@ -12,7 +12,8 @@ from typing import Any
 
 import xarray as xr
 
-from slt_ppl.sampling.driver import DEFAULT_BATCH_SIZE, run
+from slt_ppl.sampling.defaults import DEFAULT_BATCH_SIZE
+from slt_ppl.sampling.driver import run
 from slt_ppl.sampling.options import (
     Checkpointing,
     Divergence,
@@ -26,7 +27,7 @@ __all__ = ["DEFAULT_BATCH_SIZE", "Checkpointing", "Divergence", "Plan", "sample"
 
 def sample(
     posterior: Any,
-    kernel: Any = "sgld",
+    kernel: Any = "auto",
     step_size: float | str | None = "auto",
     batch_size: int | None = None,
     num_chains: int = 4,
@@ -52,9 +53,11 @@ def sample(
 
     Args:
         posterior: from :func:`slt_ppl.localize` (NumPyro/JAX or Pyro/``nn.Module``).
-        kernel: "sgld" (default), "rmsprop_sgld", "sghmc", "sgnht" (stochastic gradient), "mala"
-            (full batch, Metropolis-corrected), "hmc"/"nuts" (the PPL's own kernels, full batch),
-            or a kernel object of the posterior's backend.
+        kernel: "auto" (default: full-batch MALA where n·d is small, SGLD otherwise; see
+            ``sampling.defaults``, the choice is in attrs["kernel_choice"]), "sgld",
+            "rmsprop_sgld", "sghmc", "sgnht" (stochastic gradient), "mala" (full batch,
+            Metropolis-corrected), "hmc"/"nuts" (the PPL's own kernels, full batch), or a kernel
+            object of the posterior's backend.
         step_size: ε in the Langevin convention w ← w − (ε/2)∇U + √ε ξ; "auto"/None (default)
             tunes it so the MALA-acceptance diagnostic lands in 0.90–0.95 (see
             ``sampling.stepsize``). An auto-tuned ε depends on all chains, so chain i's draws are

@@ -26,6 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -33,14 +34,13 @@ import xarray as xr
 
 from slt_ppl.errors import SettingError
 from slt_ppl.sampling.checkpoint import checkpoint_path, load_for_resume
+from slt_ppl.sampling.defaults import DEFAULT_BATCH_SIZE, choose_kernel
 from slt_ppl.sampling.loop import DrawRecord
 from slt_ppl.sampling.options import RunSettings, check_settings, checkpoint_settings
 from slt_ppl.sampling.recovery import run_with_recovery
 from slt_ppl.sampling.result import build_result
-from slt_ppl.sampling.stepsize import tune_step_size
+from slt_ppl.sampling.stepsize import tune_step_size, warn_minibatch_heating
 from slt_ppl.sampling.temperatures import chain_factors, check_temperatures, split_temperatures
-
-DEFAULT_BATCH_SIZE = 256
 
 #: key streams: 0 chains (and their jitter), 1 shared minibatches, 2 the step-size tuner
 CHAIN_STREAM, TUNING_STREAM = 0, 2
@@ -100,6 +100,9 @@ class Setup(NamedTuple):
 def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
     """Check ``s``, sample ``posterior`` with ``backend`` and return the result tree."""
     backend.check_posterior(posterior)
+    size = s.batch_size if isinstance(s.batch_size, int | np.integer) else None  # checked below
+    kernel, kernel_choice = choose_kernel(posterior, s.kernel, size)
+    s = replace(s, kernel=kernel)
     check_settings(
         s, posterior.n, backend.kernel_names, backend.full_batch_kernels, backend.external_kernels
     )
@@ -112,7 +115,9 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
     if restored is not None:
         step_size, tuning = restored.step_size, restored.tuning
     else:
-        step_size, tuning = _step_size(backend, posterior, setup, s)
+        step_size, tuning, tuned = _step_size(backend, posterior, setup, s)
+        if tuned is not None:  # the tuner's adaptation windows were burn-in: continue from them
+            setup = setup._replace(state=tuned)
     stream = _open_stream(posterior, s, len(setup.chain_index))
     compile_before = setup.runner.stats.get("compile_time_s", 0.0)
     try:
@@ -130,6 +135,7 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
     compile_time = setup.runner.stats.get("compile_time_s", 0.0)
     attrs = {
         **_run_attrs(s, setup.kernel, setup.batch, outcome.step_size, tuning),
+        "kernel_choice": kernel_choice,
         "divergence_retries": int(outcome.attempt),
         "retry_history": json.dumps(outcome.history),
         "resumed_from_draw": -1 if outcome.resumed_from_draw is None else outcome.resumed_from_draw,
@@ -144,7 +150,11 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
         diverged_at=backend.diverged_at(state), attrs=attrs,
         keep_draws=s.keep_draws and stream is None,
     )  # fmt: skip
-    return tree if setup.factors is None else split_temperatures(tree, setup.factors)
+    if setup.factors is not None:
+        tree = split_temperatures(tree, setup.factors)
+    if tuning.get("method") == "user":
+        warn_minibatch_heating(tree)
+    return tree
 
 
 def _setup(backend: Backend, posterior: Any, s: RunSettings) -> Setup:
@@ -177,9 +187,10 @@ def _setup(backend: Backend, posterior: Any, s: RunSettings) -> Setup:
 
 def _step_size(
     backend: Backend, posterior: Any, setup: Setup, s: RunSettings
-) -> tuple[float, dict[str, Any]]:
-    """(ε, tuning record): the user's number, checked, or the tuner's choice from the initial
-    state (its own key stream, so tuning never shifts the sampling draws)."""
+) -> tuple[float, dict[str, Any], Any]:
+    """(ε, tuning record, tuned state or None): the user's number, checked, or the tuner's choice
+    from the initial state (its own key stream, so tuning never shifts the sampling draws); a
+    tuner that adapts along the chains returns their state, and the run continues from it."""
     step_size = s.step_size
     if step_size is None or step_size == "auto":
         shared = s.plan.shared_batches
@@ -195,7 +206,7 @@ def _step_size(
     if not (math.isfinite(step_size) and step_size > 0):
         raise SettingError(f"step_size must be a positive finite number, got {step_size}")
     backend.check_step_size(posterior, step_size)
-    return step_size, {"method": "user"}
+    return step_size, {"method": "user"}, None
 
 
 def _open_stream(posterior: Any, s: RunSettings, num_chains: int) -> Any:

@@ -110,6 +110,7 @@ class TorchSegmentRunner:
     explode: float
     nbeta_factors: Any = None  # (C,) per-chain factors of nβ (temperatures), None = all 1
     center_table: str = "auto"  # "off": L_B(w*) always by a forward pass
+    records_heating: bool = True  # laplacian and grad_noise are recorded (the tuner reads them)
     stats: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
     _fns: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
