@@ -19,7 +19,7 @@ from slt_ppl.kernels_torch.base import StepInfo, Tensor, TorchKernel, ValueAndGr
 
 class SGLDState(NamedTuple):
     position: Tensor  # (C, d)
-    second_moment: Tensor  # (C, d) RMSprop V (zeros and unused for plain SGLD)
+    second_moment: Tensor  # (C, d) RMSprop V ((C, 0) for plain SGLD)
     count: Tensor  # (C,) RMSprop step count
 
 
@@ -31,7 +31,9 @@ def sgld(
         raise ValueError(f"rmsprop alpha must lie in (0, 1), got {alpha}")
 
     def init(gen: torch.Generator, position: Tensor, vg: ValueAndGrad) -> SGLDState:
-        zeros = torch.zeros_like(position)
+        # plain SGLD keeps no second moment: a (C, 0) tensor, so freezing a chain costs nothing
+        width = position.shape[1] if alpha is not None else 0
+        zeros = position.new_zeros((position.shape[0], width))
         return SGLDState(position, zeros, torch.zeros_like(position[:, 0]))
 
     def step(
@@ -39,8 +41,11 @@ def sgld(
     ) -> tuple[SGLDState, StepInfo]:
         potential, loss, grad = vg(state.position)
         v, count = state.second_moment, state.count
-        if alpha is None:
+        noise = normal(gen, grad)
+        if alpha is None:  # plain SGLD: G = 1, no preconditioner arithmetic on the hot path
             g_diag = torch.ones_like(grad)
+            position = torch.add(state.position, grad, alpha=-0.5 * step_size)
+            position.add_(noise, alpha=step_size**0.5)
         else:
             live = (
                 (count < freeze_after)
@@ -51,12 +56,11 @@ def sgld(
             count = torch.where(live, count + 1.0, count)
             v_hat = v / (1.0 - alpha ** count[:, None])
             g_diag = 1.0 / (torch.sqrt(v_hat) + delta)
-        noise = normal(gen, grad)
-        position = (
-            state.position
-            - 0.5 * step_size * g_diag * grad
-            + torch.sqrt(step_size * g_diag) * noise
-        )
+            position = (
+                state.position
+                - 0.5 * step_size * g_diag * grad
+                + torch.sqrt(step_size * g_diag) * noise
+            )
         info = StepInfo(loss, potential, grad, nan_like(grad), g_diag)
         return SGLDState(position, v, count), info
 
