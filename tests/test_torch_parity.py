@@ -50,8 +50,8 @@ def _assert_identical(a: xr.DataTree, b: xr.DataTree, groups=("sample_stats", "p
 @pytest.mark.parametrize("shared_batches", [True, False])
 def test_chain_draws_do_not_depend_on_chain_count_or_segments(posterior, shared_batches):
     kw = dict(
-        step_size=2e-3, batch_size=20, num_draws=12, num_burnin=4, thin=2, seed=5,
-        init_jitter=0.05, progress=False, keep_draws=True, shared_batches=shared_batches,
+        kernel="sgld", step_size=2e-3, batch_size=20, num_draws=12, num_burnin=4, thin=2,
+        seed=5, init_jitter=0.05, progress=False, keep_draws=True, shared_batches=shared_batches,
     )  # fmt: skip
     three = slt_ppl.sample(posterior, num_chains=3, num_segments=3, **kw)
     # segmenting changes nothing, bit for bit
@@ -137,13 +137,13 @@ def test_retry_on_divergence_halves_the_step(posterior):
     h = top_curvature(posterior, posterior.data)
     eps = 5.0 / h  # |1 − εh/2| = 1.5: the stiffest direction blows up; ε/2 is stable
     bad = slt_ppl.sample(
-        posterior, num_chains=2, num_draws=60, step_size=eps, progress=False, num_segments=2,
-        explode=10.0,
+        posterior, kernel="sgld", num_chains=2, num_draws=60, step_size=eps, progress=False,
+        num_segments=2, explode=10.0,
     )  # fmt: skip
     assert (bad["sample_stats"]["diverged_at"].values >= 0).all()
     res = slt_ppl.sample(
-        posterior, num_chains=2, num_draws=60, step_size=eps, progress=False, num_segments=2,
-        retry_on_divergence=1, explode=10.0,
+        posterior, kernel="sgld", num_chains=2, num_draws=60, step_size=eps, progress=False,
+        num_segments=2, retry_on_divergence=1, explode=10.0,
     )  # fmt: skip
     history = json.loads(res.attrs["retry_history"])
     assert history[0] == {"step_size": eps, "chains_diverged": 2}
@@ -154,8 +154,8 @@ def test_retry_on_divergence_halves_the_step(posterior):
 
 def test_stream_to_matches_kept_draws(tmp_path, posterior):
     kw = dict(
-        step_size=1e-3, batch_size=30, num_chains=2, num_draws=15, num_burnin=6, thin=2,
-        progress=False, num_segments=4, init_jitter=0.05,
+        kernel="sgld", step_size=1e-3, batch_size=30, num_chains=2, num_draws=15, num_burnin=6,
+        thin=2, progress=False, num_segments=4, init_jitter=0.05,
     )  # fmt: skip
     kept = slt_ppl.sample(posterior, keep_draws=True, **kw)
     path = tmp_path / "draws.nc"
@@ -209,8 +209,8 @@ def test_temperatures_and_heating_statistics_match_theory(posterior):
     diagnostic draw is an independent probe and minibatch, so the standard error is the sample
     standard deviation over √(draws); we allow 4 of them."""
     res = slt_ppl.sample(
-        posterior, num_chains=2, num_draws=150, num_burnin=0, step_size=1e-3, progress=False,
-        temperatures=(1.0, 2.0), diag_every=2, batch_size=40, num_segments=2,
+        posterior, kernel="sgld", num_chains=2, num_draws=150, num_burnin=0, step_size=1e-3,
+        progress=False, temperatures=(1.0, 2.0), diag_every=2, batch_size=40, num_segments=2,
     )  # fmt: skip
     stats = res["sample_stats"]
     assert dict(stats["loss"].sizes) == {"temperature": 2, "chain": 2, "draw": 150}
