@@ -20,11 +20,11 @@ from slt_ppl.kernels import FULL_BATCH_KERNELS, KERNEL_NAMES, NUMPYRO_KERNELS, K
 from slt_ppl.posterior import LocalPosterior
 from slt_ppl.preflight import check_step_size
 from slt_ppl.sampling.checkpoint import checkpoint_path, load_for_resume
-from slt_ppl.sampling.defaults import DEFAULT_BATCH_SIZE, choose_kernel
+from slt_ppl.sampling.defaults import DEFAULT_BATCH_SIZE, auto_thin, choose_kernel
 from slt_ppl.sampling.loop import DrawRecord, SegmentRunner
 from slt_ppl.sampling.recovery import run_with_recovery
 from slt_ppl.sampling.result import build_result
-from slt_ppl.sampling.stepsize import tune_step_size, warn_minibatch_heating
+from slt_ppl.sampling.stepsize import adapt_burnin, tune_step_size, warn_minibatch_heating
 from slt_ppl.sampling.temperatures import chain_factors, check_temperatures, split_temperatures
 
 
@@ -36,7 +36,7 @@ def sample(
     num_chains: int = 4,
     num_draws: int = 1000,
     num_burnin: int | None = None,
-    thin: int = 1,
+    thin: int | None = None,
     seed: int = 0,
     *,
     diag_every: int = 20,
@@ -73,7 +73,9 @@ def sample(
         num_chains, num_draws: chains and recorded draws per chain.
         num_burnin: steps discarded before the first recorded draw (still recorded in the
             ``warmup_sample_stats`` group); default = num_draws·thin, i.e. half the run.
-        thin: steps per recorded draw.
+        thin: steps per recorded draw; None (default) chooses it after tuning so the draws span
+            ten relaxation times of the slowest mode, 2/(εγ) steps, within a work budget
+            (``sampling.defaults.auto_thin``; 1 for large models).
         seed: chain i uses keys derived from (seed, i) only.
         diag_every: compute the MALA-acceptance diagnostic every this many draws (Furman & Lau
             use ~20).
@@ -122,6 +124,7 @@ def sample(
         from slt_ppl.sampling.torch_api import sample_torch
 
         given = dict(locals())
+        given["thin"] = 1 if thin is None else thin  # the torch path has no automatic thinning yet
         accepted = inspect.signature(sample_torch).parameters
         unsupported = [
             k
@@ -141,8 +144,6 @@ def sample(
     )
     _check_numbers(seed, init_jitter, explode, num_segments, kernel_options)
     factors = check_temperatures(temperatures)
-    if num_burnin is None:
-        num_burnin = num_draws * thin
     if factors is not None and isinstance(kernel, str) and kernel in NUMPYRO_KERNELS:
         raise SettingError(
             f"temperatures work with slt_ppl's own kernels, not NumPyro's {kernel!r}; run "
@@ -154,13 +155,15 @@ def sample(
     if isinstance(kernel, str) and kernel in NUMPYRO_KERNELS:
         from slt_ppl.sampling.numpyro_mcmc import sample_numpyro
 
+        thin = 1 if thin is None else thin
+        num_burnin = num_draws * thin if num_burnin is None else num_burnin
         return sample_numpyro(
             posterior, kernel, step_size, num_chains, num_draws, num_burnin, thin, seed,
             keep_draws=keep_draws, progress=progress, kernel_options=kernel_options or {},
         )  # fmt: skip
     options = dict(kernel_options or {})
     if kernel == "rmsprop_sgld":
-        options.setdefault("freeze_after", num_burnin)
+        options.setdefault("freeze_after", num_draws if num_burnin is None else num_burnin)
     kern = get_kernel(kernel, **options)
     batch = posterior.n if kern.full_batch else min(posterior.n, batch_size or DEFAULT_BATCH_SIZE)
     from slt_ppl.sampling import sharding
@@ -169,8 +172,8 @@ def sample(
     mesh = sharding.chain_mesh(shard_devices) if shard_devices else None
     record_draws = keep_draws or stream_to is not None
     runner = SegmentRunner(
-        posterior, kern, batch, thin, diag_every, record_draws, shared_batches, float(explode),
-        mesh=mesh,
+        posterior, kern, batch, 1 if thin is None else thin, diag_every, record_draws,
+        shared_batches, float(explode), mesh=mesh,
         nbeta_factors=None if factors is None else jnp.asarray(chain_factors(factors, per_temperature)),
     )  # fmt: skip
     master = jax.random.PRNGKey(seed)
@@ -197,8 +200,6 @@ def sample(
             batch_keys = sharding.shard_chains(batch_keys, mesh)
     state = runner.init(chain_keys, positions)
 
-    num_burnin_draws = math.ceil(num_burnin / thin)
-    total = num_burnin_draws + num_draws
     settings = {
         "sample_kwargs": {
             "kernel": kern.name if isinstance(kernel, Kernel) else kernel,
@@ -220,7 +221,6 @@ def sample(
         },
         "kernel_params": kern.params,
         "batch": batch,
-        "total_draws": total,
     }  # fmt: skip
     ckpt_file = checkpoint_path(checkpoint) if checkpoint is not None else None
     restored = load_for_resume(ckpt_file, settings) if resume and ckpt_file else None
@@ -251,6 +251,27 @@ def sample(
         if not (math.isfinite(step_size) and step_size > 0):
             raise SettingError(f"step_size must be a positive finite number, got {step_size}")
         check_step_size(posterior, step_size)
+    burnin_adapted = False
+    if thin is None:  # chosen after tuning from the ε in use (sampling.defaults.auto_thin)
+        if "thin" not in tuning:
+            tuning["thin"], tuning["thin_reason"] = auto_thin(
+                posterior, step_size, batch, num_chains, num_draws, state.kernel_state
+            )
+            adapted = tuning.get("windows") or tuning.get("along_chains")
+            if tuning["thin"] > 1 and adapted:
+                # the burn-in adapts ε where the thinned chains go (stepsize.adapt_burnin)
+                step_size, tuning["burnin_adaptation"], state = adapt_burnin(
+                    runner.for_tuning().with_thin(int(tuning["thin"])), state, tune_keys, tune_batch,
+                    step_size, num_draws,
+                )  # fmt: skip
+                tuning["chosen"] = step_size
+        burnin_adapted = "burnin_adaptation" in tuning
+        thin = int(tuning["thin"])
+        runner = runner.with_thin(thin)
+    if num_burnin is None:  # after an adaptive burn-in, a quarter to settle at the frozen ε
+        num_burnin = num_draws * thin // (4 if burnin_adapted else 1)
+    num_burnin_draws = math.ceil(num_burnin / thin)
+    total = num_burnin_draws + num_draws
 
     stream = None
     if stream_to is not None:
@@ -483,7 +504,7 @@ def check_run_settings(
     for name, value, minimum in [
         ("num_chains", num_chains, 1),
         ("num_draws", num_draws, 1),
-        ("thin", thin, 1),
+        ("thin", 1 if thin is None else thin, 1),
         ("diag_every", diag_every, 1),
     ]:
         if not isinstance(value, int | np.integer) or value < minimum:
