@@ -24,6 +24,7 @@ from slt_ppl.sampling.loop import DrawRecord, SegmentRunner
 from slt_ppl.sampling.recovery import run_with_recovery
 from slt_ppl.sampling.result import build_result
 from slt_ppl.sampling.stepsize import tune_step_size
+from slt_ppl.sampling.temperatures import chain_factors, check_temperatures, split_temperatures
 
 DEFAULT_BATCH_SIZE = 256
 
@@ -54,6 +55,7 @@ def sample(
     max_diverged_fraction: float = 0.0,
     devices: Any = None,
     stream_to: str | os.PathLike | None = None,
+    temperatures: tuple[float, ...] | None = None,
 ) -> xr.DataTree:
     """Sample the local posterior with ``num_chains`` chains in one compiled loop.
 
@@ -101,6 +103,11 @@ def sample(
             appended there segment by segment (``sampling.stream``, NetCDF4) instead of being held
             in memory; the returned tree then has no ``posterior`` group and names the file in
             attrs["draws_file"].
+        temperatures: nβ factors, e.g. (1.0, 2.0): ``num_chains`` chains at each nβ·factor (same γ
+            and center) in one compiled program, coupled by common random numbers
+            (``sampling.temperatures``); the result gains a ``temperature`` dim and
+            :func:`slt_ppl.llc` the two-temperature estimate. One step size serves every temperature
+            (tuned on all chains together).
 
     Returns:
         ``xr.DataTree`` with groups ``sample_stats`` and ``warmup_sample_stats`` (dims chain, draw:
@@ -116,7 +123,9 @@ def sample(
         given = dict(locals())
         accepted = inspect.signature(sample_torch).parameters
         unsupported = [
-            k for k in ("checkpoint", "resume", "retry_on_divergence", "stream_to") if given.get(k)
+            k
+            for k in ("checkpoint", "resume", "retry_on_divergence", "stream_to", "temperatures")
+            if given.get(k)
         ]
         if unsupported:
             raise SettingError(
@@ -130,8 +139,17 @@ def sample(
         checkpoint, checkpoint_every, resume, retry_on_divergence, max_diverged_fraction, kernel
     )
     _check_numbers(seed, init_jitter, explode, num_segments, kernel_options)
+    factors = check_temperatures(temperatures)
     if num_burnin is None:
         num_burnin = num_draws * thin
+    if factors is not None and isinstance(kernel, str) and kernel in NUMPYRO_KERNELS:
+        raise SettingError(
+            f"temperatures work with slt_ppl's own kernels, not NumPyro's {kernel!r}; run "
+            "posterior.replace(nbeta=...) once per temperature instead"
+        )
+    per_temperature = num_chains
+    if factors is not None:
+        num_chains = num_chains * len(factors)
     if isinstance(kernel, str) and kernel in NUMPYRO_KERNELS:
         from slt_ppl.sampling.numpyro_mcmc import sample_numpyro
 
@@ -152,10 +170,13 @@ def sample(
     runner = SegmentRunner(
         posterior, kern, batch, thin, diag_every, record_draws, shared_batches, float(explode),
         mesh=mesh,
+        nbeta_factors=None if factors is None else jnp.asarray(chain_factors(factors, per_temperature)),
     )  # fmt: skip
     master = jax.random.PRNGKey(seed)
+    # chain c has the same keys at every temperature (common random numbers, sampling.temperatures)
+    chain_index = jnp.arange(num_chains) % per_temperature
     chain_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(master, 0), i))(
-        jnp.arange(num_chains)
+        chain_index
     )
     shared_key = jax.random.fold_in(master, 1)
     batch_keys = (
@@ -188,6 +209,7 @@ def sample(
             "num_segments": num_segments, "kernel_options": kernel_options,
             "retry_on_divergence": retry_on_divergence,
             "max_diverged_fraction": float(max_diverged_fraction),
+            "temperatures": None if factors is None else list(factors),
         },
         "posterior": {
             "n": posterior.n, "dim": posterior.dim, "nbeta": posterior.nbeta,
@@ -207,7 +229,7 @@ def sample(
         step_size, tuning = restored.step_size, restored.tuning
     elif step_size is None or step_size == "auto":
         tune_master = jax.random.fold_in(master, 2)
-        tune_keys = jax.vmap(lambda k: jax.random.fold_in(tune_master, k))(jnp.arange(num_chains))
+        tune_keys = jax.vmap(lambda k: jax.random.fold_in(tune_master, k))(chain_index)
         tune_batch = tune_master if shared_batches else tune_keys
         if mesh is not None:
             tune_keys = sharding.shard_chains(tune_keys, mesh)
@@ -247,7 +269,7 @@ def sample(
         if stream is not None:
             stream.close()
     step_size = outcome.step_size
-    return build_result(
+    tree = build_result(
         posterior,
         records,
         num_burnin_draws=num_burnin_draws,
@@ -283,6 +305,10 @@ def sample(
         },
         keep_draws=keep_draws and stream is None,
     )
+    if factors is not None:
+        tree.attrs["num_chains"] = int(per_temperature)
+        tree = split_temperatures(tree, factors)
+    return tree
 
 
 def _run_segments(

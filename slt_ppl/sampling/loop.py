@@ -57,6 +57,8 @@ class DrawRecord(NamedTuple):
     grad_norm: Array
     distance: Array
     position: Array  # shape (0,) unless draws are kept
+    laplacian: Array  # tr(G·∇²(nβ·L_B))(w_t), Hutchinson, one probe; NaN off diagnostic draws
+    grad_noise: Array  # tr(G·Σ_B)(w_t) from half-batch gradients; 0 full batch; NaN off diag draws
 
 
 def mala_log_acceptance(
@@ -85,6 +87,48 @@ def mala_log_acceptance(
 
 def _position(kernel_state: Any) -> Array:
     return kernel_state.position
+
+
+def heating_statistics(
+    loss_fn: Callable[[Array, Any], Array],
+    nbeta: Array,
+    w: Array,
+    precond: Array,
+    data: dict[str, Array],
+    idx: Array | None,
+    key: Array,
+) -> tuple[Array, Array]:
+    """The two per-draw statistics that set the heating of an SGLD-type chain at w (seam 5):
+
+    laplacian  = vᵀ∇²(nβ·L_B)(w)·v with v = G^½·z, z Rademacher: unbiased for tr(G·∇²(nβ·L_B))
+                 (Hutchinson 1990), one Hessian-vector product (forward over reverse);
+    grad_noise = m/(2B)·‖G^½(g₁ − g₂)‖², g_k = ∇(nβ·L_{B_k})(w) on the two halves (m rows each) of
+                 the step's minibatch B of size B: unbiased for tr(G·Σ_B), Σ_B the covariance of the
+                 minibatch gradient ∇(nβ·L_B), since Cov(g₁ − g₂) = 2Σ₁/m = 2B·Σ_B/m for rows drawn
+                 i.i.d. (Σ₁ the per-row covariance). 0 for full batches (idx None).
+
+    For a quadratic direction of precision h = nβh_L + γ, Euler–Maruyama SGLD with step ε and
+    gradient-noise variance Σ has stationary variance (1 + εΣ/4)/(h(1 − εh/4)), so these two traces
+    give the first-order heating of λ̂, (ε/8)·(laplacian + ρ·grad_noise) with ρ ≤ 1
+    (``estimators.llc``).
+    """
+    root = jnp.sqrt(precond)
+    v = root * jax.random.rademacher(key, w.shape, w.dtype)
+
+    def scaled_loss(u: Array, rows: dict[str, Array]) -> Array:
+        return nbeta * loss_fn(u, rows)
+
+    batch = data if idx is None else {k: a[idx] for k, a in data.items()}
+    hv = jax.jvp(lambda u: jax.grad(scaled_loss)(u, batch), (w,), (v,))[1]
+    laplacian = jnp.vdot(v, hv)
+    if idx is None or idx.shape[0] < 2:
+        return laplacian, jnp.zeros((), w.dtype)
+    m = idx.shape[0] // 2
+    first = {k: a[idx[:m]] for k, a in data.items()}
+    second = {k: a[idx[m : 2 * m]] for k, a in data.items()}
+    diff = jax.grad(scaled_loss)(w, first) - jax.grad(scaled_loss)(w, second)
+    noise = m / (2.0 * idx.shape[0]) * jnp.sum(precond * diff**2)
+    return laplacian, noise
 
 
 def _center_table_fn(
@@ -121,6 +165,7 @@ class SegmentRunner:
     center_table: str = "auto"
     mesh: Any = None
     chunk: int = 100
+    nbeta_factors: Any = None  # (C,) per-chain factors of nβ (temperatures), None = all 1
     stats: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
     programs: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -213,12 +258,17 @@ class SegmentRunner:
         """
         _ = self._table
 
-        def one(data: dict[str, Array], key: Array, position: Array) -> ChainState:
-            full = self.potential_fn(data)
+        def one(data: dict[str, Array], key: Array, position: Array, factor: Any) -> ChainState:
+            post = _tempered(self.posterior, factor)
+            full = self.potential_fn(data, post)
             ks = self.kernel.init(jax.random.fold_in(key, 2**30), position, full)
             return ChainState(ks, jnp.asarray(-1, jnp.int32))
 
-        state = jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))(self.posterior.data, keys, positions)
+        factors = self.nbeta_factors
+        in_axes = (None, 0, 0, None if factors is None else 0)
+        state = jax.jit(jax.vmap(one, in_axes=in_axes))(
+            self.posterior.data, keys, positions, factors
+        )
         if self.mesh is not None:
             from slt_ppl.sampling.sharding import shard_chains
 
@@ -301,6 +351,20 @@ class SegmentRunner:
                 (i % ctx.diag_every) == 0, diagnose, lambda _: nan, operand=None
             )
 
+        if kernel.proposal == "metropolis":  # exact kernels: no heating to estimate
+            laplacian = grad_noise = nan
+        else:
+            stats_key = jax.random.fold_in(probe_key, 1)
+
+            def heating(_: None) -> tuple[Array, Array]:
+                return heating_statistics(
+                    post.loss_fn, post.nbeta, w, info.precond, post.data, idx, stats_key
+                )
+
+            laplacian, grad_noise = jax.lax.cond(
+                (i % ctx.diag_every) == 0, heating, lambda _: (nan, nan), operand=None
+            )
+
         exploded = (loss - loss_center) > self.explode * (1.0 + jnp.abs(loss_center))
         # one select over the state per step: finite and not exploded (the two checks of the
         # reference implementation, fused; a chain that was already frozen stays frozen)
@@ -313,6 +377,8 @@ class SegmentRunner:
             grad_norm=jnp.where(alive, jnp.linalg.norm(info.grad), nan),
             distance=jnp.where(alive, jnp.linalg.norm(w - post.center), nan),
             position=jnp.where(alive, w, jnp.nan) if self.keep_draws else jnp.zeros((0,), dtype),
+            laplacian=jnp.where(alive, laplacian, nan),
+            grad_noise=jnp.where(alive, grad_noise, nan),
         )
 
         def rest(carry: ChainState, j: Array) -> tuple[ChainState, None]:
@@ -358,9 +424,11 @@ class SegmentRunner:
             self.programs[length] = CompiledProgram(jitted, self.stats)
         return self.programs[length]
 
-    def segment_args(self) -> tuple[dict[str, Array], Array, Array | None]:
-        """The traced inputs of a segment besides the chain states: (data, w*, center table)."""
-        return (self.posterior.data, self.posterior.center, self._table)
+    def segment_args(self) -> tuple[dict[str, Array], Array, Array | None, Array | None]:
+        """The traced inputs of a segment besides the chain states: (data, w*, center table,
+        per-chain nβ factors)."""
+        factors = self.nbeta_factors
+        return (self.posterior.data, self.posterior.center, self._table, factors)
 
     def segment_fn(self, num_draws: int) -> Callable[..., tuple[ChainState, DrawRecord]]:
         """Un-jitted ``run(args, states, chain_keys, batch_keys, step_size, start, diag_every)``."""
@@ -368,18 +436,22 @@ class SegmentRunner:
         batch_axis = None if self.shared_batches else 0
 
         def run(args, states, chain_keys, batch_keys, step_size, start, diag_every):
-            data, center, table = args
+            data, center, table, factors = args
             ctx = _Context(dataclasses.replace(base, data=data, center=center), table, diag_every)
 
-            def one_chain(state, chain_key, batch_key):
+            def one_chain(state, chain_key, batch_key, factor):
                 draws = start + jnp.arange(num_draws)
+                chain_ctx = ctx._replace(post=_tempered(ctx.post, factor))
                 return jax.lax.scan(
-                    lambda s, i: self._draw(ctx, chain_key, batch_key, step_size, s, i),
+                    lambda s, i: self._draw(chain_ctx, chain_key, batch_key, step_size, s, i),
                     state,
                     draws,
                 )
 
-            return jax.vmap(one_chain, in_axes=(0, 0, batch_axis))(states, chain_keys, batch_keys)
+            factor_axis = None if factors is None else 0
+            return jax.vmap(one_chain, in_axes=(0, 0, batch_axis, factor_axis))(
+                states, chain_keys, batch_keys, factors
+            )
 
         return run
 
@@ -442,6 +514,13 @@ class CompiledSegment:
             *(np.concatenate([getattr(p, f) for p in pieces], axis=1) for f in DrawRecord._fields)
         )
         return states, merged
+
+
+def _tempered(post: LocalPosterior, factor: Any) -> LocalPosterior:
+    """The posterior at nβ·factor (the same γ and center); itself when ``factor`` is None."""
+    if factor is None:
+        return post
+    return dataclasses.replace(post, nbeta=post.nbeta * factor)
 
 
 class _Context(NamedTuple):

@@ -25,6 +25,9 @@ import xarray as xr
 from slt_ppl.posterior import LocalPosterior
 
 STAT_FIELDS = ("loss", "loss_center", "acceptance", "grad_norm", "distance")
+# heating statistics of SG kernels on diagnostic draws (sampling.loop.heating_statistics); a
+# backend that does not record them yet leaves them out and the estimators say so
+OPTIONAL_FIELDS = ("laplacian", "grad_noise")
 
 
 def versions() -> dict[str, str]:
@@ -62,7 +65,7 @@ def posterior_attrs(posterior: LocalPosterior) -> dict[str, Any]:
 
 def _stats_dataset(records: dict[str, np.ndarray], sl: slice, draw_offset: int) -> xr.Dataset:
     data = {}
-    for name in STAT_FIELDS:
+    for name in STAT_FIELDS + tuple(f for f in OPTIONAL_FIELDS if f in records):
         arr = np.asarray(records[name])[:, sl]
         data[name] = (("chain", "draw"), arr)
     num_chains, num_draws = data["loss"][1].shape
