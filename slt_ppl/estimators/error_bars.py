@@ -101,6 +101,16 @@ def honest_se(trace: xr.DataArray) -> float:
     return max(finite) if finite else math.nan
 
 
+def between_chain_lrv(x: np.ndarray) -> float:
+    """N·Var(chain means): the long-run variance implied by how much whole chains disagree. It
+    needs no batch to outlast the autocorrelation time (independent chains), so it keeps the ESS
+    honest when the chains are only a few relaxation times long; with shared minibatches the chains
+    agree more than independent ones would, which only lowers it. NaN with one chain."""
+    if x.shape[0] < 2:
+        return math.nan
+    return float(x.shape[1] * np.var(x.mean(axis=1), ddof=1))
+
+
 def lag_autocovariances(x: np.ndarray) -> tuple[float, float]:
     """(γ(0), γ(1)) averaged over chains, each chain centered at its own mean."""
     centered = x - x.mean(axis=1, keepdims=True)
@@ -118,7 +128,8 @@ def signal_ess_rhat(trace: xr.DataArray) -> tuple[float, float, str]:
         Var s ≈ γ(1),  Var e ≈ γ(0) − γ(1),
         ESS_s = C·N·Var s / LRV_s,  LRV_s = max(LRV_y − Var e, Var s),
 
-    LRV_y the long-run variance of y (:func:`long_run_variance` per chain, averaged over chains).
+    LRV_y the long-run variance of y: the larger of :func:`long_run_variance` per chain (averaged
+    over chains) and :func:`between_chain_lrv`.
     Split R-hat (Gelman et al. 2013, BDA3 11.4) on the 2C half chains with the within-chain
     variance W_s = γ_half(1) and the between-half variance of the half means less their noise part
     Var e/(N/2): R̂_s = √(((N/2 − 1)/(N/2)·W_s + B_s)/W_s).
@@ -133,7 +144,7 @@ def signal_ess_rhat(trace: xr.DataArray) -> tuple[float, float, str]:
     if num < 4 * MIN_BATCH_LENGTH or not g0 > 0 or g1 <= 3.0 * g0 / math.sqrt(num_chains * num):
         return arviz_ess(trace), arviz_rhat(trace), "loss trace (no lag-1 autocorrelation)"
     var_e = g0 - g1
-    lrv_y = float(np.mean(long_run_variance(x)))
+    lrv_y = max(float(np.mean(long_run_variance(x))), between_chain_lrv(x))
     lrv_s = max(lrv_y - var_e, g1)
     ess = num_chains * num * g1 / lrv_s
     half = num // 2

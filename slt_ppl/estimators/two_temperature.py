@@ -31,7 +31,7 @@ import numpy as np
 import xarray as xr
 
 from slt_ppl.diagnostics import HealthThresholds
-from slt_ppl.errors import DivergenceError, ResultError
+from slt_ppl.errors import DivergenceError
 from slt_ppl.estimators._common import TEMPERATURE, loss_difference, temperature_slices
 from slt_ppl.estimators.error_bars import honest_se
 from slt_ppl.estimators.llc import estimate_llc
@@ -74,8 +74,6 @@ def temperature_llc(
     ``llc_two_temperature_bias_estimate`` = Σ_i a_i·Δλ̂_i/f_i. attrs ``healthy`` is 1 only when
     every temperature is healthy (the two-temperature value uses them all)."""
     factors = np.asarray(stats[TEMPERATURE].values, np.float64)
-    if factors.size < 2:
-        raise ResultError(f"a temperature dim needs at least two factors, got {factors.tolist()}")
     parts = [
         estimate_llc(s, a, method, thresholds, warn) for s, a in temperature_slices(stats, attrs)
     ]
@@ -87,12 +85,13 @@ def temperature_llc(
     ds["healthy_per_temperature"] = xr.DataArray(
         np.asarray([p.attrs["healthy"] for p in parts]), dims=TEMPERATURE, coords=coord
     )
-    trace = two_temperature_trace(stats, attrs, method)
-    weights = slope_weights(factors)
-    bias = np.asarray([float(p["llc_bias_estimate"]) for p in parts]) / factors
-    ds["llc_two_temperature"] = float(trace.mean())
-    ds["llc_two_temperature_se"] = honest_se(trace)
-    ds["llc_two_temperature_bias_estimate"] = float(np.sum(weights * bias))
+    if factors.size > 1:  # one factor: nothing to difference
+        trace = two_temperature_trace(stats, attrs, method)
+        weights = slope_weights(factors)
+        bias = np.asarray([float(p["llc_bias_estimate"]) for p in parts]) / factors
+        ds["llc_two_temperature"] = float(trace.mean())
+        ds["llc_two_temperature_se"] = honest_se(trace)
+        ds["llc_two_temperature_bias_estimate"] = float(np.sum(weights * bias))
     ds.attrs["healthy"] = int(all(p.attrs["healthy"] for p in parts))
     if not ds.attrs["healthy"]:
         ds.attrs["verdict"] = "unhealthy - " + "; ".join(
