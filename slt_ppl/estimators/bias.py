@@ -65,6 +65,7 @@ class BiasEstimate:
     se: float
     available: bool
     note: str
+    exact_kernel: bool = False
 
 
 def noise_factor(kernel: str, kernel_params: str | dict | None) -> float:
@@ -86,7 +87,8 @@ def heating_estimate(stats: xr.Dataset, attrs: dict) -> BiasEstimate:
     dims chain, draw) and the run's ``step_size``, ``kernel`` and ``kernel_params`` attrs."""
     kernel = str(attrs.get("kernel", ""))
     if kernel in EXACT_KERNELS:
-        return BiasEstimate(0.0, 0.0, 0.0, 0.0, True, f"{kernel} is Metropolis-corrected: exact")
+        note = f"{kernel} is Metropolis-corrected: it samples the posterior without step bias"
+        return BiasEstimate(0.0, 0.0, 0.0, 0.0, True, note, exact_kernel=True)
     missing = [f for f in BIAS_FIELDS if f not in stats]
     if missing:
         return unavailable(
@@ -130,6 +132,8 @@ def bias_check(estimate: BiasEstimate, llc: float, llc_se: float) -> tuple[float
             f"not available: {estimate.note}; the step's heating of λ̂ is unmeasured (rerun at "
             "ε/2 and compare, or use the JAX sampler, which records it)",
         )
+    if estimate.exact_kernel:
+        return 0.0, True, estimate.note
     half = abs(estimate.total) / 2.0
     limit = max(SE_MULTIPLE * llc_se, RELATIVE_TOLERANCE * abs(llc))
     ok = bool(np.isfinite(half) and half <= limit)
