@@ -42,9 +42,14 @@ EXACT_ACCEPTANCE_BAND = (0.40, 0.99)
 
 @dataclass(frozen=True)
 class HealthThresholds:
+    """Limits of the checks. ``bias_share``: the share of the first-order heating Δλ̂ held to
+    max(2·se, 5 %·|λ̂|) by the ``bias`` check; 0.5 (default) = what halving ε would remove (issue
+    13's rule), 1.0 = the whole heating (stricter: a run biased by more than its error bar fails)."""
+
     max_rhat: float = 1.05
     min_ess: float = 100.0
     trend_z: float = 4.0
+    bias_share: float = 0.5
 
 
 def trend_z(trace: xr.DataArray) -> float:

@@ -21,6 +21,7 @@ from _fabricated_results import (
 )
 
 import slt_ppl
+from slt_ppl.diagnostics import HealthThresholds
 from slt_ppl.errors import DivergenceError
 
 NBETA, GAMMA = 100.0, 1.0
@@ -29,7 +30,7 @@ SIGMA = 2.0 * CURV  # minibatch-gradient noise variance per direction
 EPS = 2e-4  # ε·h_max/4 = 0.02: first order is accurate to ~2 %
 
 
-def gaussian_run(eps, seed=0, kernel="sgld", records=True, kernel_params=None):
+def gaussian_run(eps, seed=0, kernel="sgld", records=True, kernel_params=None, thresholds=None):
     rng = np.random.default_rng(seed)
     diff = simulate_losses(CURV, GAMMA, SIGMA, eps, chains=8, draws=4000, thin=50, rng=rng,
                            nbeta=NBETA)  # fmt: skip
@@ -44,7 +45,7 @@ def gaussian_run(eps, seed=0, kernel="sgld", records=True, kernel_params=None):
     tree = fabricated_result(diff, nbeta=NBETA, eps=eps, kernel=kernel, rng=rng,
                              minibatch_sd=2.0 * float(diff.std()), kernel_params=kernel_params,
                              **extra)  # fmt: skip
-    return slt_ppl.llc(tree, warn=False)
+    return slt_ppl.llc(tree, warn=False, thresholds=thresholds)
 
 
 def check(ds, name):
@@ -127,3 +128,10 @@ def test_real_sgld_step_sweep():
         except DivergenceError:
             return
     assert est.attrs["healthy"] == 0, (float(est["llc"]), exact, est.attrs["verdict"])
+
+
+def test_bias_share_one_holds_the_whole_heating_to_the_limit():
+    # at 3ε: Δλ̂ ≈ 0.17, Δλ̂/2 ≈ 0.09 < limit 5 %·λ̂ ≈ 0.13 < Δλ̂
+    default = gaussian_run(3 * EPS)
+    strict = gaussian_run(3 * EPS, thresholds=HealthThresholds(bias_share=1.0))
+    assert check(default, "bias")[0] and not check(strict, "bias")[0], check(strict, "bias")[1]

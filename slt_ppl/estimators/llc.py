@@ -52,7 +52,8 @@ def llc(
     minibatch runs, see ``slt_ppl.diagnostics``), ``ess_loss_trace`` (ArviZ's ESS of the raw
     trace, for comparison), ``acceptance``, the heating estimate ``llc_bias_estimate`` with its
     parts ``llc_bias_discretization``, ``llc_bias_minibatch`` and se ``llc_bias_se``
-    (``estimators.bias``), and the health checks (dim ``check``); attrs carry the verdict, the
+    (``estimators.bias``), ``llc_bias_corrected`` = llc − llc_bias_estimate (± its se; first order,
+    the minibatch term an upper bound, so this may over-correct), and the health checks (dim ``check``); attrs carry the verdict, the
     chains used and dropped, and the run settings.
 
     With a ``temperature`` dim in the result, ``llc``/``llc_se`` are the estimate at the first
@@ -91,7 +92,8 @@ def estimate_llc(
     kernel = str(attrs.get("kernel", ""))
     checks = health_checks(
         good, stats["acceptance"].sel(chain=ok), stats["diverged_at"], kernel, thresholds,
-        minibatch=is_minibatch(attrs), bias=bias_check(bias, estimate, se),
+        minibatch=is_minibatch(attrs),
+        bias=bias_check(bias, estimate, se, (thresholds or HealthThresholds()).bias_share),
     )  # fmt: skip
     values = dict(zip(checks["check"].values, checks["check_value"].values, strict=True))
     ds = xr.Dataset(
@@ -113,6 +115,8 @@ def estimate_llc(
             "llc_bias_discretization": bias.discretization,
             "llc_bias_minibatch": bias.minibatch,
             "llc_bias_se": bias.se,
+            "llc_bias_corrected": estimate - bias.total,
+            "llc_bias_corrected_se": float(np.hypot(se, bias.se)),
             **{k: checks[k] for k in ("check_value", "check_passed", "check_detail")},
         }
     )
