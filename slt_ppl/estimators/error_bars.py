@@ -90,7 +90,11 @@ def long_run_variance(x: np.ndarray) -> np.ndarray:
 def batch_means_se(trace: xr.DataArray) -> float:
     """se of the grand mean of ``trace`` (dims chain, draw) from the overlapping batch means of the
     chain-averaged series ȳ_t = mean_c y_{c,t}: √(σ̂²(ȳ)/N). NaN on too short a trace."""
-    avg = np.nanmean(_values(trace), axis=0)
+    x = _values(trace)
+    x = x[:, np.isfinite(x).any(axis=0)]  # draws where some chain is finite
+    if x.size == 0:
+        return math.nan
+    avg = np.nanmean(x, axis=0)
     return float(np.sqrt(long_run_variance(avg) / avg.size))
 
 
