@@ -87,19 +87,40 @@ def make_rrr(m: int = 3, h: int = 2, n_out: int = 3, rank: int = 1, **kwargs: An
 
 
 def make_linear_regression(
-    d: int = 10, n: int = 5_000, seed: int = 0, noise: float = 1.0
+    d: int = 10, n: int = 5_000, seed: int = 0, noise: float = 1.0, center: str = "mle"
 ) -> Problem:
-    """Regular linear regression y = x·w + N(0, noise²), x ~ N(0, I_d): λ = d/2."""
+    """Regular linear regression y = x·w + N(0, noise²), x ~ N(0, I_d): λ = d/2.
+
+    ``center="mle"`` (default) centers at the least-squares fit ŵ of the float32 data the model
+    sees, where the LLC estimand is the regular value (``theory.linear_gaussian_llc``:
+    ½·tr(nβH(nβH + γI)⁻¹) → d/2). ``center="true"`` centers at the true w₀ instead, whose
+    estimand is lower, ≈ d/2 − χ²_d/(2 log n) at β = 1/log n (w₀ is not the minimum of L_n), which
+    hides a sampler that runs hot by that much. The true w₀ is in ``settings["true_w"]``.
+    """
+    if center not in ("mle", "true"):
+        raise ValueError(f"center must be 'mle' or 'true', got {center!r}")
     rng = np.random.default_rng(seed)
     w = rng.normal(size=d)
     x = rng.normal(size=(n, d))
     y = x @ w + noise * rng.normal(size=n)
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    if center == "mle":
+        w_center = np.linalg.lstsq(x32.astype(np.float64), y32.astype(np.float64), rcond=None)[0]
+    else:
+        w_center = w
     return Problem(
         name=f"linear_regression_d{d}",
-        data={"x": x.astype(np.float32), "y": y.astype(np.float32)},
-        center={"w": w.astype(np.float32)},
+        data={"x": x32, "y": y32},
+        center={"w": w_center.astype(np.float32)},
         theory_lambda=theory.regular(d),
-        settings={"d": d, "n": n, "seed": seed, "noise": noise},
+        settings={
+            "d": d,
+            "n": n,
+            "seed": seed,
+            "noise": noise,
+            "center": center,
+            "true_w": [float(v) for v in w],
+        },
     )
 
 

@@ -14,6 +14,11 @@ their fixes.
   (a Bernoulli fed 2, a Poisson fed 0.5: the log-density is finite garbage there) raise
   :class:`~slt_ppl.errors.DataError`; integer values fed to a continuous likelihood warn
   (:class:`~slt_ppl.errors.DataWarning`): usually a label/count array passed by mistake.
+- :func:`check_center_gradient`: a gradient of L_n that is NaN or infinite at w* (while L_n(w*) is
+  finite) raises :class:`~slt_ppl.errors.ModelError` naming the sites and coordinates: every
+  gradient-based chain would otherwise diverge at its first step and be reported as a step-size
+  problem. The usual cause is an expression JAX or torch differentiates to 0·∞ there, e.g.
+  ``w**0.0`` (d/dw = 0·w⁻¹) or ``sqrt(w**2)`` at w = 0.
 - :func:`check_step_size`: a user step size with ε·h_max ≥ 2 (h_max the top curvature of U_B at w*)
   warns (:class:`~slt_ppl.errors.HealthWarning`) before sampling; the Langevin step is unstable at
   ε·h_max ≥ 4 and inaccurate well before.
@@ -31,7 +36,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from slt_ppl.compile_cache import cached_call
-from slt_ppl.errors import DataError, DataWarning, HealthWarning, SuspiciousCenterWarning
+from slt_ppl.errors import (
+    DataError,
+    DataWarning,
+    HealthWarning,
+    ModelError,
+    SLTError,
+    SuspiciousCenterWarning,
+)
 from slt_ppl.posterior import LocalPosterior
 
 #: Backends whose loss function JAX can differentiate directly.
@@ -99,6 +111,103 @@ def check_center(posterior: LocalPosterior, *, max_z: float = 5.0, warn: bool = 
             stacklevel=3,
         )
     return z
+
+
+def full_gradient(posterior: Any) -> np.ndarray:
+    """∇L_n(w*) on the full data as a NumPy vector (JAX or torch posterior)."""
+    if posterior.backend in JAX_BACKENDS:
+        return np.asarray(
+            cached_call(jax.grad(posterior.loss_fn), posterior.center, posterior.data)
+        )
+    import torch
+
+    def full_loss(w: Any) -> Any:
+        return posterior.loss_fn(w, posterior.data)
+
+    return torch.func.grad(full_loss)(posterior.center).detach().cpu().numpy()
+
+
+def nonfinite_coordinates(posterior: Any, bad: np.ndarray) -> list[str]:
+    """'site[coordinate] (flat index i)' for every True entry of the flat mask ``bad``.
+
+    Sites are the keys of ``posterior.unravel``'s dict (NumPyro/Pyro: latent sites, unconstrained
+    coordinates) or the pytree paths of a plain JAX loss's parameters ("w" for a bare array).
+    """
+    if posterior.backend in JAX_BACKENDS:
+        tree = posterior.unravel(jnp.asarray(bad, posterior.center.dtype))
+    else:
+        import torch
+
+        tree = posterior.unravel(torch.as_tensor(bad, dtype=posterior.center.dtype))
+    if isinstance(tree, Mapping) and all(hasattr(v, "shape") for v in tree.values()):
+        # one level of sites, in the flat vector's order (JAX: sorted keys; torch: trace order)
+        named = [(repr(k), v) for k, v in tree.items()]
+    else:  # a plain JAX loss's parameter pytree, in ravel_pytree's (tree_leaves) order
+        named = [
+            (jax.tree_util.keystr(path) or "w", leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+        ]
+    out: list[str] = []
+    offset = 0
+    for name, leaf in named:
+        mask = np.asarray(leaf.detach().cpu() if hasattr(leaf, "detach") else leaf) > 0.5
+        for coord in np.argwhere(mask):
+            where = f"[{', '.join(str(int(c)) for c in coord)}]" if coord.size else ""
+            index = (
+                offset + int(np.ravel_multi_index(tuple(coord), mask.shape))
+                if coord.size
+                else offset
+            )
+            out.append(f"{name}{where} (flat index {index})")
+        offset += mask.size
+    return out
+
+
+def check_center_gradient(posterior: Any, grad: Any = None, *, max_listed: int = 10) -> None:
+    """Raise :class:`~slt_ppl.errors.ModelError` when ∇L_n(w*) is not finite (see the module
+    docstring), naming the site(s) and coordinates; returns None otherwise.
+
+    Works for JAX (NumPyro, plain loss) and torch (Pyro) posteriors; the gradient is of the mean
+    per-datum NLL on all n data points, the function every sampler differentiates. ``grad``: that
+    gradient when the caller has it already (the backends compute it with L_n(w*), and pass an
+    object with the posterior's ``backend``, ``center``, ``unravel`` and ``info`` before the
+    posterior itself exists).
+    """
+    if grad is not None:
+        grad = np.asarray(grad.detach().cpu() if hasattr(grad, "detach") else grad)
+        if np.all(np.isfinite(grad)):
+            return
+    try:
+        grad = full_gradient(posterior) if grad is None else grad
+    except SLTError:
+        raise
+    except Exception as err:  # a loss JAX/torch cannot differentiate at all
+        raise ModelError(
+            f"differentiating the loss at the center failed with {type(err).__name__}: {err}. The "
+            "samplers need ∇L_n: the model/loss must be differentiable in its parameters"
+        ) from err
+    bad = ~np.isfinite(grad)
+    if not bad.any():
+        return
+    where = nonfinite_coordinates(posterior, bad)
+    shown = "; ".join(where[:max_listed])
+    more = f"; and {len(where) - max_listed} more" if len(where) > max_listed else ""
+    kinds = sorted({"NaN" if np.isnan(g) else "inf" for g in grad[bad]})
+    loss = posterior.info.get("loss_center_full", math.nan)
+    overflow = (
+        " (an inf may also be a float32 overflow of a very steep loss)" if "inf" in kinds else ""
+    )
+    raise ModelError(
+        f"the gradient of L_n at the center w* is not finite ({'/'.join(kinds)}) in "
+        f"{int(bad.sum())} of {bad.size} coordinates (site[index] of the unconstrained "
+        f"parameters): {shown}{more}. L_n(w*) = {loss:.6g} is finite, so the likelihood as "
+        "written has no derivative there: e.g. JAX differentiates w**0.0 at w = 0 as "
+        f"0·w⁻¹ = NaN; sqrt(w**2) and |w|**p with p < 1 have no derivative at 0{overflow}. "
+        "Every gradient-based chain would diverge at its first step. Rewrite the expression so "
+        "its derivative exists at w* (drop constant factors such as w**0, use integer powers, "
+        "guard square roots with jnp.where), or choose a center where the model is "
+        "differentiable"
+    )
 
 
 def check_observed_sites(observed: Mapping[str, Mapping[str, Any]]) -> None:

@@ -158,3 +158,54 @@ def unit_information_gamma(
     if not math.isfinite(hbar):
         hbar = 1.0
     return beta * max(1.0, hbar), hbar
+
+
+# Subsampling plates and log-density scales (both PPLs). slt_ppl needs the model to score every row
+# it is handed, unweighted: L_n(w*), the unpaired estimator, WBIC and the full-batch kernels (MALA,
+# NUTS) use all n rows, and the SG kernels minibatch by slicing the data themselves. A plate that
+# subsamples would make every one of those a fixed (NumPyro: seed 0) or random (Pyro) subsample
+# scaled by size/subsample_size; a scale would multiply L_n, i.e. change the temperature unnoticed.
+# Both are rejected rather than undone: the subsample indices may index arrays the data dict does
+# not hold (slt_ppl could not tell), and Pyro checks len(subsample) against subsample_size, so the
+# full index set cannot be substituted without patching Pyro.
+
+
+def subsample_error(plate: str, subsample: str, framework: str) -> Exception:
+    """The :class:`~slt_ppl.errors.ModelError` for a plate that subsamples its data
+    (``subsample`` says how, e.g. "subsample_size=100")."""
+    from slt_ppl.errors import ModelError
+
+    call = "numpyro.plate" if framework == "numpyro" else "pyro.plate"
+    return ModelError(
+        f"{call}({plate!r}, ..., {subsample}) subsamples the data: slt_ppl "
+        "evaluates L_n(w*), WBIC and the full-batch kernels on every data point and minibatches "
+        "the stochastic-gradient kernels itself (sample(..., batch_size=k)), so a subsampling "
+        f"plate would silently replace them by a scaled subsample. Drop subsample_size (and "
+        f"subsample=) from plate {plate!r}, keep its size the length of the data passed "
+        "(e.g. len(x)), and pass batch_size to slt_ppl.sample instead"
+    )
+
+
+def check_observed_scale(name: str, scale: Any, framework: str) -> None:
+    """Raise :class:`~slt_ppl.errors.ModelError` when an observed site's log-density is scaled
+    (``handlers.scale`` / ``poutine.scale``, a subsampling plate): L_n must be the plain mean
+    per-datum negative log-likelihood (reference section 1)."""
+    from slt_ppl.errors import ModelError
+
+    if scale is None:
+        return
+    values = np.asarray(scale.detach().cpu() if hasattr(scale, "detach") else scale, np.float64)
+    if values.size and np.all(values == 1.0):
+        return
+    handler = "numpyro.handlers.scale" if framework == "numpyro" else "pyro.poutine.scale"
+    shown = (
+        f"{values.reshape(-1)[0]:.6g}" if values.size == 1 else f"an array of shape {values.shape}"
+    )
+    raise ModelError(
+        f"observed site {name!r} has its log-likelihood scaled by {shown} ({handler} or a "
+        "subsampling plate): slt_ppl's L_n is the unweighted mean per-datum negative "
+        "log-likelihood, and a scale would multiply it (for a constant c the posterior is then "
+        "tempered at nβ·c instead of nβ, and L_n(w*) and WBIC come out c times too large). "
+        f"Remove the scale around site {name!r}; to change the temperature pass nbeta= to "
+        "slt_ppl.localize; for a weighted loss write it as a plain JAX loss (backend='jax')"
+    )

@@ -3,14 +3,14 @@
 
 Mirrors :mod:`slt_ppl.backends.numpyro_backend` with Pyro's effect handlers (``pyro.poutine``):
 
-- ``trace(model)`` once on a few rows, to find the latent and observed sample sites (plate subsample
-  sites are skipped) and their supports;
+- ``trace(model)`` once on a few rows, to find the latent and observed sample sites and their
+  supports;
 - ``condition(model, data=constrained_params)`` to evaluate the model at a given w;
-- the observed sites' log-probabilities (times the ``scale`` Pyro records, e.g. from
-``poutine.scale``
-  or plate subsampling, and the site's ``mask``) summed and divided by the batch length give
-  −L_B(w).
-  Priors are *not* part of U: the Gaussian localization plays the prior's role (Lau et al. 2023).
+- the observed sites' log-probabilities (times the site's ``mask``) summed and divided by the batch
+  length give −L_B(w). Priors are *not* part of U: the Gaussian localization plays the prior's role
+  (Lau et al. 2023). Plates that subsample (``subsample_size``, ``subsample=``) and
+  ``poutine.scale`` around observed sites raise :class:`~slt_ppl.errors.ModelError`
+  (``backends.common`` says why).
 
 Latent sites live in unconstrained space through ``torch.distributions.biject_to(support)``; w is
 the
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -31,26 +32,59 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.util import site_is_subsample
 
-from slt_ppl.backends.common import resolve_nbeta, validate_data
+from slt_ppl.backends.common import (
+    check_observed_scale,
+    resolve_nbeta,
+    subsample_error,
+    validate_data,
+)
 from slt_ppl.backends.torch_common import unit_information_gamma
-from slt_ppl.errors import CenterError, ModelError, SettingError
+from slt_ppl.errors import CenterError, ModelError, SettingError, SLTError
 from slt_ppl.posterior_torch import TorchLocalPosterior, default_device
+from slt_ppl.preflight import check_center_gradient
 
 Tensor = torch.Tensor
 LIKELIHOODS = ("gaussian", "categorical", "bernoulli")
+
+
+class _RejectSubsampling(Messenger):
+    """Raise :class:`ModelError` at a ``pyro.plate`` that subsamples, before Pyro draws (or checks)
+    the subsample."""
+
+    def _process_message(self, msg: dict) -> None:
+        fn = msg.get("fn")
+        if msg["type"] != "sample" or not isinstance(fn, _Subsample):
+            return
+        given = msg.get("value")
+        if fn.subsample_size is not None and fn.subsample_size != fn.size:
+            raise subsample_error(msg["name"], f"subsample_size={fn.subsample_size}", "pyro")
+        if given is not None and len(given) != fn.size:
+            raise subsample_error(msg["name"], f"subsample=<{len(given)} indices>", "pyro")
 
 
 def trace_model(model: Callable[..., Any], data: Mapping[str, Tensor]) -> poutine.Trace:
     """Run the model once under ``poutine.trace`` on ``data`` and return its trace."""
     try:
         with torch.no_grad():
-            return poutine.trace(model).get_trace(**data)
+            return poutine.trace(_RejectSubsampling()(model)).get_trace(**data)
     except TypeError as err:
         raise ModelError(
             f"calling the model as model(**data) with data keys {sorted(data)} failed: {err}. "
             "The data dict's keys must be the model's keyword arguments."
+        ) from err
+    except SLTError as err:
+        # Pyro's trace re-raises errors with the trace's shapes appended: raise ours as written
+        cause = err.__cause__
+        raise (cause if isinstance(cause, SLTError) else err) from None
+    except Exception as err:  # the user's model failed on the user's data: say which call
+        shapes = {k: tuple(v.shape) for k, v in data.items()}
+        raise ModelError(
+            f"the model raised {type(err).__name__} when called as model(**data) with data shapes "
+            f"{shapes}: {err}"
         ) from err
 
 
@@ -63,6 +97,7 @@ def split_sites(tr: poutine.Trace) -> tuple[dict[str, dict], dict[str, dict]]:
         if site["type"] != "sample" or site_is_subsample(site):
             continue
         if site["is_observed"]:
+            check_observed_scale(name, site.get("scale"), "pyro")
             observed[name] = site
             continue
         fn = site["fn"]
@@ -156,7 +191,8 @@ def make_loss_fn(
     unravel: Callable[[Tensor], dict[str, Tensor]],
     transforms: Mapping[str, Any],
 ) -> tuple[Callable[[Tensor, Mapping[str, Tensor]], Tensor], Callable]:
-    """L_B(w) = −(1/B)·Σ_{observed sites} scale·mask·log p(obs | w), with B the batch length."""
+    """L_B(w) = −(1/B)·Σ_{observed sites} mask·log p(obs | w), with B the batch length (scaled
+    sites were rejected when the model was traced)."""
 
     def constrain(params_u: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {k: transforms[k](v) for k, v in params_u.items()}
@@ -171,9 +207,6 @@ def make_loss_fn(
             lp = site["fn"].log_prob(site["value"])
             if site.get("mask") is not None:
                 lp = lp * site["mask"]
-            scale = site.get("scale")
-            if scale is not None and not (isinstance(scale, float) and scale == 1.0):
-                lp = scale * lp
             log_lik = log_lik + torch.sum(lp)
         batch_len = next(iter(batch.values())).shape[0]
         return -log_lik / batch_len
@@ -234,7 +267,31 @@ def localize_pyro(
         gamma=gamma,
         device=dev,
         info={"model": getattr(model, "__name__", type(model).__name__)},
+        explain_loss=lambda: nonfinite_sites(
+            model, tdata, constrain(unravel(flat_center)), observed
+        ),
     )
+
+
+def nonfinite_sites(
+    model: Callable[..., Any],
+    data: Mapping[str, Tensor],
+    params: Mapping[str, Tensor],
+    observed: Mapping[str, dict],
+) -> str:
+    """'; non-finite log-likelihood at w* in site 'y' (3 of 10 values)' ('' if none is found)."""
+    with torch.no_grad(), pyro.validation_enabled(False):
+        tr = poutine.trace(poutine.condition(model, data=dict(params))).get_trace(**data)
+        parts = []
+        for name in observed:
+            site = tr.nodes.get(name)
+            if site is None:
+                continue
+            lp = site["fn"].log_prob(site["value"])
+            bad = int(lp.numel() - torch.isfinite(lp).sum())
+            if bad:
+                parts.append(f"site {name!r} ({bad} of {lp.numel()} values)")
+    return "; non-finite log-likelihood at w* in " + ", ".join(parts) if parts else ""
 
 
 def _data_tensor(arr: np.ndarray, device: torch.device) -> Tensor:
@@ -259,18 +316,36 @@ def finish_posterior(
     gamma: float | str | None,
     device: torch.device,
     info: dict[str, Any],
+    explain_loss: Callable[[], str] | None = None,
 ) -> TorchLocalPosterior:
-    """Resolve nβ and γ, check L_n(w*) is finite, and assemble the :class:`TorchLocalPosterior`."""
+    """Resolve nβ and γ, check that L_n(w*) and ∇L_n(w*) are finite, and assemble the
+    :class:`TorchLocalPosterior` (``explain_loss()``: text appended to the error when L_n(w*) is
+    not finite)."""
     nbeta_value = resolve_nbeta(nbeta, n)
-    with torch.no_grad():
-        center_loss = float(loss_fn(center, data))
+    # one pass for L_n(w*) and ∇L_n(w*) (the gradient is checked once the posterior exists)
+    try:
+        center_grad, value = torch.func.grad_and_value(lambda w: loss_fn(w, data))(center)
+    except SLTError:
+        raise
+    except Exception as err:  # user code torch.func cannot differentiate, shape errors
+        raise ModelError(
+            f"evaluating the loss and its gradient at the center failed with "
+            f"{type(err).__name__}: {err}. The model must be differentiable by torch.func in its "
+            "latent sites and accept the full data"
+        ) from err
+    center_loss = float(value)
     if not math.isfinite(center_loss):
         raise ModelError(
             f"the loss at the center, L_n(w*) = {center_loss}, is not finite: the likelihood is "
             "improper there (e.g. zero scale, observations outside the support)"
+            + (explain_loss() if explain_loss is not None else "")
         )
     info = dict(info)
     info["loss_center_full"] = center_loss
+    # before γ's Hessian trace: an error naming the coordinates, not a wasted compile
+    check_center_gradient(
+        SimpleNamespace(backend="pyro", center=center, unravel=unravel, info=info), center_grad
+    )
     info["device"] = str(device)
     if gamma is None or gamma == "auto":
         gamma_value, hbar = unit_information_gamma(loss_fn, center, data, n, nbeta_value)

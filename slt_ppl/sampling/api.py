@@ -20,18 +20,17 @@ from slt_ppl.kernels import FULL_BATCH_KERNELS, KERNEL_NAMES, NUMPYRO_KERNELS, K
 from slt_ppl.posterior import LocalPosterior
 from slt_ppl.preflight import check_step_size
 from slt_ppl.sampling.checkpoint import checkpoint_path, load_for_resume
+from slt_ppl.sampling.defaults import DEFAULT_BATCH_SIZE, choose_kernel
 from slt_ppl.sampling.loop import DrawRecord, SegmentRunner
 from slt_ppl.sampling.recovery import run_with_recovery
 from slt_ppl.sampling.result import build_result
-from slt_ppl.sampling.stepsize import tune_step_size
+from slt_ppl.sampling.stepsize import tune_step_size, warn_minibatch_heating
 from slt_ppl.sampling.temperatures import chain_factors, check_temperatures, split_temperatures
-
-DEFAULT_BATCH_SIZE = 256
 
 
 def sample(
     posterior: LocalPosterior,
-    kernel: str | Kernel = "sgld",
+    kernel: str | Kernel = "auto",
     step_size: float | str | None = "auto",
     batch_size: int | None = None,
     num_chains: int = 4,
@@ -61,7 +60,8 @@ def sample(
 
     Args:
         posterior: from :func:`slt_ppl.localize`.
-        kernel: "sgld" (default), "rmsprop_sgld", "sghmc", "sgnht" (stochastic gradient), "mala"
+        kernel: "auto" (default: full-batch MALA where n·d is small, SGLD otherwise; see
+            ``sampling.defaults``, the choice is in attrs["kernel_choice"]), "sgld", "rmsprop_sgld", "sghmc", "sgnht" (stochastic gradient), "mala"
             (full batch, Metropolis-corrected), "hmc"/"nuts" (NumPyro's kernels, full batch), or a
             :class:`~slt_ppl.kernels.Kernel`.
         step_size: ε in the Langevin convention w ← w − (ε/2)∇U + √ε ξ; "auto"/None (default)
@@ -115,6 +115,7 @@ def sample(
         ``posterior`` (one variable per site, constrained values); attrs carry n, nβ, γ, ε, kernel,
         seed, backend and versions.
     """
+    kernel, kernel_choice = choose_kernel(posterior, kernel, batch_size)
     if getattr(posterior, "backend", None) == "pyro":  # TorchLocalPosterior: same arguments
         import inspect
 
@@ -235,7 +236,11 @@ def sample(
             tune_keys = sharding.shard_chains(tune_keys, mesh)
             if not shared_batches:
                 tune_batch = sharding.shard_chains(tune_batch, mesh)
-        step_size, tuning = tune_step_size(runner.for_tuning(), state, tune_keys, tune_batch)
+        step_size, tuning, tuned_state = tune_step_size(
+            runner.for_tuning(), state, tune_keys, tune_batch
+        )
+        if tuned_state is not None:  # the adaptation windows were burn-in: continue from them
+            state = tuned_state
     else:
         try:
             step_size = float(step_size)
@@ -276,6 +281,7 @@ def sample(
         diverged_at=np.asarray(state.diverged_at),
         attrs={
             "kernel": kern.name,
+            "kernel_choice": kernel_choice,
             "kernel_params": json.dumps(kern.params),
             "step_size": float(step_size),
             "step_size_tuning": json.dumps(tuning),
@@ -308,6 +314,8 @@ def sample(
     if factors is not None:
         tree.attrs["num_chains"] = int(per_temperature)
         tree = split_temperatures(tree, factors)
+    if tuning.get("method") == "user":
+        warn_minibatch_heating(tree)
     return tree
 
 

@@ -92,7 +92,7 @@ def sample_torch(
         tuner = TorchSegmentRunner(
             posterior, kern, batch, 1, 1, False, shared_batches, float(explode)
         )
-        step_size, tuning = tune_step_size(
+        step_size, tuning, _ = tune_step_size(
             tuner, state, tune_gen, None,
             caps_fn=torch_stepsize.accuracy_caps,
         )  # fmt: skip
