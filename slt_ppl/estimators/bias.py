@@ -74,7 +74,8 @@ class BiasEstimate:
 
 
 def noise_factor(kernel: str, kernel_params: str | dict | None) -> float:
-    """Multiplier of the gradient-noise term: 2/friction for momentum kernels, 1 otherwise."""
+    """Multiplier of the gradient-noise term: 2/friction for momentum kernels, 1 otherwise
+    (SGLD, RMSprop-SGLD, and user kernels, which get the SGLD formula)."""
     if kernel not in MOMENTUM_KERNELS:
         return 1.0
     params = json.loads(kernel_params) if isinstance(kernel_params, str) else kernel_params or {}
