@@ -11,9 +11,10 @@ Checks (each named in the verdict when it fails):
     trend        no drift after burn-in: the means of the first and last thirds of the pooled trace
                  differ by less than ``trend_z`` combined standard errors (a slow rise means λ̂ is
                  underestimated)
-    bias         (when a bias estimate is passed) halving ε would move λ̂ by less than
-                 max(2·se, 5 %·|λ̂|) (``estimators.bias``); fails when the estimate is unavailable
-                 for a stochastic-gradient kernel
+    bias         (when a bias estimate is passed) the first-order heating of λ̂ by the step is
+                 below max(2·se, 5 %·|λ̂|) (``estimators.bias``; so halving ε would move λ̂ by
+                 less than half that); fails when the estimate is unavailable for a
+                 stochastic-gradient kernel
 
 Which quantity (``estimators.error_bars``): for full-batch kernels the loss trace is L_n(w_t) itself
 and ArviZ's bulk ESS / rank-normalized R-hat are used. For minibatch traces L_B(w_t) − L_B(w*) the
@@ -43,13 +44,15 @@ EXACT_ACCEPTANCE_BAND = (0.40, 0.99)
 @dataclass(frozen=True)
 class HealthThresholds:
     """Limits of the checks. ``bias_share``: the share of the first-order heating Δλ̂ held to
-    max(2·se, 5 %·|λ̂|) by the ``bias`` check; 0.5 (default) = what halving ε would remove (issue
-    13's rule), 1.0 = the whole heating (stricter: a run biased by more than its error bar fails)."""
+    max(2·se, 5 %·|λ̂|) by the ``bias`` check. 1.0 (default): the whole heating, so a run biased by
+    more than 2 se and 5 % fails; 0.5: only what halving ε would remove (issue 13's minimum rule),
+    which passed SGLD at 3× the tuned ε on a d = 10 regression with λ̂ = 5.41 ± 0.14 for λ = 5.00
+    (Δλ̂ = 0.43: Δλ̂/2 = 0.22 < 0.27 ≤ Δλ̂)."""
 
     max_rhat: float = 1.05
     min_ess: float = 100.0
     trend_z: float = 4.0
-    bias_share: float = 0.5
+    bias_share: float = 1.0
 
 
 def trend_z(trace: xr.DataArray) -> float:
