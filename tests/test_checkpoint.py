@@ -26,7 +26,8 @@ from slt_ppl.sampling.checkpoint import (
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = dict(
-    num_chains=3, num_draws=1500, num_burnin=300, step_size=2e-3, seed=11, init_jitter=0.05,
+    kernel="sgld", thin=1, num_chains=3, num_draws=1500, num_burnin=300, step_size=2e-3, seed=11,
+    init_jitter=0.05,
     num_segments=30, progress=False, keep_draws=True,
 )  # fmt: skip
 
@@ -163,7 +164,8 @@ def test_resume_inside_a_divergence_retry(tmp_path, monkeypatch):
     model, data, center = trap_problem()
     post = slt_ppl.localize(model, data, center)
     kwargs = dict(
-        num_chains=4, num_draws=20, step_size=1e-3, seed=TRAP_SEED, init_jitter=TRAP_JITTER,
+        kernel="sgld", thin=1, num_chains=4, num_draws=20, step_size=1e-3, seed=TRAP_SEED,
+        init_jitter=TRAP_JITTER,
         num_segments=4, progress=False, retry_on_divergence=1,
     )  # fmt: skip
     ckpt = tmp_path / "retry.nc"

@@ -62,7 +62,7 @@ def test_mala_and_sgld_agree():
 def test_paired_and_unpaired_estimate_the_same_quantity():
     model, problem = zoo.linear_regression(d=10, n=5000)
     post = slt_ppl.localize(model, problem.data, problem.center)
-    res = slt_ppl.sample(post, progress=False, num_draws=500)
+    res = slt_ppl.sample(post, kernel="sgld", progress=False, num_draws=500)
     paired = slt_ppl.llc(res, warn=False)
     unpaired = slt_ppl.llc(res, method="unpaired", warn=False)
     combined = np.hypot(float(paired["llc_se"]), float(unpaired["llc_se"]))

@@ -75,7 +75,9 @@ def test_equal_programs_compile_once_and_give_the_same_draws() -> None:
     other = {k: v + np.float32(0.01) for k, v in problem.center.items()}
     post_a = slt_ppl.localize(model, problem.data, problem.center, gamma=1.0)
     post_b = slt_ppl.localize(model, problem.data, other, gamma=1.0)
-    kwargs = dict(step_size=1e-4, num_chains=2, num_draws=30, seed=3, progress=False)
+    kwargs = dict(
+        kernel="sgld", thin=1, step_size=1e-4, num_chains=2, num_draws=30, seed=3, progress=False
+    )
     compile_cache.clear()
     slt_ppl.sample(post_a, **kwargs)
     misses = compile_cache.STATS["misses"]

@@ -36,7 +36,8 @@ def regression_posterior():
 
 def _trap_run(post, num_chains=4, **kwargs):
     return slt_ppl.sample(
-        post, num_chains=num_chains, num_draws=100, step_size=1e-3, seed=TRAP_SEED,
+        post, kernel="sgld", thin=1, num_chains=num_chains, num_draws=100, step_size=1e-3,
+        seed=TRAP_SEED,
         init_jitter=TRAP_JITTER, progress=False, num_segments=4, **kwargs,
     )  # fmt: skip
 
@@ -72,7 +73,7 @@ def test_nan_in_one_chain_is_frozen_masked_and_reported(trap_posterior):
 
 def test_every_chain_diverged_raises(trap_posterior):
     res = slt_ppl.sample(
-        trap_posterior, num_chains=2, num_draws=20, step_size=1e-3, init_jitter=0.0,
+        trap_posterior, kernel="sgld", num_chains=2, num_draws=20, step_size=1e-3, init_jitter=0.0,
         progress=False, num_segments=1, seed=0,
     )  # fmt: skip
     # the same result with both chains marked diverged
@@ -108,7 +109,8 @@ def test_retry_rescues_an_unstable_step_size(regression_posterior):
     eps = 5.0 / h  # |1 - eps*h/2| = 1.5: the top direction blows up; eps/2 is stable
     with pytest.warns(HealthWarning, match="unstable"):
         res = slt_ppl.sample(
-            regression_posterior, num_chains=2, num_draws=100, step_size=eps, progress=False,
+            regression_posterior, kernel="sgld", thin=1, num_chains=2, num_draws=100, step_size=eps,
+            progress=False,
             num_segments=2, retry_on_divergence=1,
         )  # fmt: skip
     history = json.loads(res.attrs["retry_history"])
@@ -118,7 +120,9 @@ def test_retry_rescues_an_unstable_step_size(regression_posterior):
 
 
 def test_same_seed_same_result_and_chains_independent_of_num_chains(regression_posterior):
-    kwargs = dict(num_draws=60, step_size=1e-3, seed=3, progress=False, num_segments=3)
+    kwargs = dict(
+        kernel="sgld", thin=1, num_draws=60, step_size=1e-3, seed=3, progress=False, num_segments=3
+    )
     four = slt_ppl.sample(regression_posterior, num_chains=4, init_jitter=0.1, **kwargs)
     again = slt_ppl.sample(regression_posterior, num_chains=4, init_jitter=0.1, **kwargs)
     two = slt_ppl.sample(regression_posterior, num_chains=2, init_jitter=0.1, **kwargs)

@@ -19,7 +19,7 @@ def posterior():
 
 
 def test_option_objects_equal_the_flat_keywords(tmp_path, posterior):
-    common = dict(num_chains=2, num_draws=12, step_size=1e-3, seed=4, progress=False)
+    common = dict(num_chains=2, num_draws=12, step_size=1e-3, seed=4, progress=False, thin=1)
     flat = slt_ppl.sample(
         posterior, diag_every=3, num_segments=3, shared_batches=False, explode=50.0,
         retry_on_divergence=1, max_diverged_fraction=0.5, batch_size=10,
@@ -47,7 +47,7 @@ def test_option_objects_equal_the_flat_keywords(tmp_path, posterior):
 
 def test_unknown_keyword_and_bad_option_values_are_named(posterior):
     with pytest.raises(SettingError, match=r"unknown keyword arguments \['diag_evry'\]"):
-        slt_ppl.sample(posterior, diag_evry=3, progress=False)
+        slt_ppl.sample(posterior, diag_evry=3, progress=False, thin=1)
     with pytest.raises(SettingError, match="diag_every must be an integer >= 1"):
         slt_ppl.sample(posterior, plan=Plan(diag_every=0), progress=False)
     with pytest.raises(SettingError, match="retry_on_divergence must be an integer >= 0"):

@@ -12,7 +12,15 @@ from models.numpyro_zoo import dln
 def test_stream_to_matches_kept_draws(tmp_path) -> None:
     model, problem = dln(widths=[3, 2, 3], n=300, seed=3)
     post = slt_ppl.localize(model, problem.data, problem.center)
-    kw = dict(step_size=1e-4, batch_size=30, num_chains=2, num_draws=25, num_burnin=10, thin=2)
+    kw = dict(
+        kernel="sgld",
+        step_size=1e-4,
+        batch_size=30,
+        num_chains=2,
+        num_draws=25,
+        num_burnin=10,
+        thin=2,
+    )
     kept = slt_ppl.sample(post, keep_draws=True, progress=False, num_segments=4, **kw)
     path = tmp_path / "draws.nc"
     streamed = slt_ppl.sample(post, stream_to=path, progress=False, num_segments=4, **kw)

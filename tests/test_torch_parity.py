@@ -97,7 +97,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, kind, kernel):
     # 8 segments with a checkpoint after each (a write takes ~0.1-0.8 s): the kill lands right
     # after the first one, well before the end
     settings = dict(
-        kernel=kernel, num_chains=3, num_draws=40, num_burnin=20, step_size=2e-3, seed=11,
+        kernel=kernel, num_chains=3, num_draws=40, num_burnin=20, step_size=2e-3, seed=11, thin=1,
         init_jitter=0.05, num_segments=8, progress=False, keep_draws=True,
     )  # fmt: skip
     ckpt = tmp_path / "run.nc"
@@ -138,12 +138,12 @@ def test_retry_on_divergence_halves_the_step(posterior):
     eps = 5.0 / h  # |1 − εh/2| = 1.5: the stiffest direction blows up; ε/2 is stable
     bad = slt_ppl.sample(
         posterior, kernel="sgld", num_chains=2, num_draws=60, step_size=eps, progress=False,
-        num_segments=2, explode=10.0,
+        num_segments=2, explode=10.0, thin=1,
     )  # fmt: skip
     assert (bad["sample_stats"]["diverged_at"].values >= 0).all()
     res = slt_ppl.sample(
         posterior, kernel="sgld", num_chains=2, num_draws=60, step_size=eps, progress=False,
-        num_segments=2, retry_on_divergence=1, explode=10.0,
+        num_segments=2, retry_on_divergence=1, explode=10.0, thin=1,
     )  # fmt: skip
     history = json.loads(res.attrs["retry_history"])
     assert history[0] == {"step_size": eps, "chains_diverged": 2}
@@ -173,7 +173,7 @@ def test_stream_to_matches_kept_draws(tmp_path, posterior):
 
 
 def test_devices_option_says_what_it_does(posterior):
-    kw = dict(num_chains=2, num_draws=2, step_size=1e-3, progress=False)
+    kw = dict(num_chains=2, num_draws=2, step_size=1e-3, progress=False, thin=1)
     one = slt_ppl.sample(posterior, devices=1, **kw)
     assert one.attrs["device"] == "cpu" and one.attrs["num_devices"] == 1
     with pytest.raises(SettingError, match="runs all chains as one batch"):
@@ -211,6 +211,7 @@ def test_temperatures_and_heating_statistics_match_theory(posterior):
     res = slt_ppl.sample(
         posterior, kernel="sgld", num_chains=2, num_draws=150, num_burnin=0, step_size=1e-3,
         progress=False, temperatures=(1.0, 2.0), diag_every=2, batch_size=40, num_segments=2,
+        thin=1,
     )  # fmt: skip
     stats = res["sample_stats"]
     assert dict(stats["loss"].sizes) == {"temperature": 2, "chain": 2, "draw": 150}
@@ -232,7 +233,7 @@ def test_auto_step_size_uses_the_shared_tuner():
     # (sampling.stepsize.adapt_along_chains) exactly as for JAX.
     res = slt_ppl.sample(
         torch_posterior("module"), kernel="sgld", batch_size=50, num_chains=2, num_draws=10,
-        progress=False, temperatures=(1, 2),
+        progress=False, temperatures=(1, 2), thin=1,
     )  # fmt: skip
     tuning = json.loads(res.attrs["step_size_tuning"])
     assert tuning["method"].startswith("along-chain"), tuning["method"]

@@ -11,6 +11,8 @@ import xarray as xr
 from slt_ppl.errors import DivergenceError, DivergenceWarning, ResultError
 
 METHODS = ("paired", "unpaired")
+TEMPERATURE = "temperature"
+FULL_BATCH_KERNELS = ("mala", "hmc", "nuts")
 
 
 def stats_of(result: xr.DataTree | xr.Dataset) -> tuple[xr.Dataset, dict]:
@@ -80,6 +82,33 @@ def healthy_chains(stats: xr.Dataset, warn: bool = True) -> tuple[xr.DataArray, 
             stacklevel=3,
         )
     return ok, note
+
+
+def temperature_slices(stats: xr.Dataset, attrs: dict) -> list[tuple[xr.Dataset, dict]]:
+    """One (sample_stats, attrs) pair per temperature factor of a multi-temperature result (seam 3:
+    dims temperature, chain, draw; coordinate temperature = the factors; attrs nbeta = base nβ),
+    each with attrs ``nbeta`` = base nβ·factor and ``temperature_factor`` set."""
+    factors = np.asarray(stats[TEMPERATURE].values, np.float64)
+    if factors.ndim != 1 or not np.all(np.isfinite(factors) & (factors > 0)):
+        raise ResultError(
+            f"the result's temperature coordinate must hold positive finite factors, got {factors}"
+        )
+    base = float(attrs["nbeta"])
+    return [
+        (stats.isel({TEMPERATURE: i}), {**attrs, "nbeta": base * f, "temperature_factor": f})
+        for i, f in enumerate(factors)
+    ]
+
+
+def is_minibatch(attrs: dict) -> bool:
+    """Whether the loss trace carries minibatch noise: a stochastic-gradient kernel with
+    batch_size < n (results without ``batch_size`` count as minibatch runs)."""
+    if str(attrs.get("kernel", "")) in FULL_BATCH_KERNELS:
+        return False
+    try:
+        return int(attrs["batch_size"]) < int(attrs["n"])
+    except (KeyError, TypeError, ValueError):
+        return True
 
 
 def per_chain_mean(x: xr.DataArray) -> xr.DataArray:

@@ -15,10 +15,18 @@ import warnings
 
 import xarray as xr
 
-from slt_ppl.diagnostics import HealthThresholds, health_checks, mcse
+from slt_ppl.diagnostics import HealthThresholds
 from slt_ppl.errors import HealthWarning, SLTWarning
-from slt_ppl.estimators._common import healthy_chains, loss_difference, per_chain_mean, stats_of
-from slt_ppl.estimators.llc import _KEEP
+from slt_ppl.estimators._common import (
+    TEMPERATURE,
+    healthy_chains,
+    loss_difference,
+    per_chain_mean,
+    stats_of,
+    temperature_slices,
+)
+from slt_ppl.estimators.error_bars import honest_se
+from slt_ppl.estimators.llc import _KEEP, checks_of
 
 
 def wbic(
@@ -31,12 +39,16 @@ def wbic(
     """WBIC from a sampling result run at nβ = n/log n (a warning says so if it was not).
 
     Returns ``wbic``, ``wbic_se``, ``wbic_per_chain``, ``n_loss_center`` (n·L_n(w*)),
-    ``llc_from_wbic`` = (WBIC − n·L_n(w*))/log n, and the health checks.
+    ``llc_from_wbic`` = (WBIC − n·L_n(w*))/log n, and the health checks of :func:`slt_ppl.llc`.
+    A multi-temperature result (a ``temperature`` dim) is read at the temperature whose nβ is
+    closest to n/log n (attrs ``temperature_factor``).
     """
     stats, attrs = stats_of(result)
     n = int(attrs["n"])
-    nbeta = float(attrs["nbeta"])
     wbic_nbeta = n / math.log(n)
+    if TEMPERATURE in stats.dims:
+        stats, attrs = _closest_temperature(stats, attrs, wbic_nbeta)
+    nbeta = float(attrs["nbeta"])
     if warn and not math.isclose(nbeta, wbic_nbeta, rel_tol=1e-6):
         warnings.warn(
             f"WBIC is defined at nβ = n/log n = {wbic_nbeta:.6g}; this run used nβ = {nbeta:.6g}, so "
@@ -49,11 +61,8 @@ def wbic(
     good = diff.sel(chain=ok)
     center = float(attrs["loss_center_full"])
     value = n * (center + float(good.mean()))
-    se = n * mcse(good)
-    checks = health_checks(
-        good, stats["acceptance"].sel(chain=ok), stats["diverged_at"], str(attrs.get("kernel", "")),
-        thresholds,
-    )  # fmt: skip
+    se = n * honest_se(good)
+    checks = checks_of(stats, attrs, thresholds)
     ds = xr.Dataset(
         {
             "wbic": value,
@@ -71,6 +80,7 @@ def wbic(
             "method": method,
             "formula": "E_beta[n L_n(w)] at beta = 1/log n (Watanabe 2013)",
             "at_wbic_temperature": int(math.isclose(nbeta, wbic_nbeta, rel_tol=1e-6)),
+            "temperature_factor": float(attrs.get("temperature_factor", 1.0)),
             "chains_used": int(ok.sum()),
             "chains_dropped": dropped or "none",
             "healthy": checks.attrs["healthy"],
@@ -80,3 +90,10 @@ def wbic(
     if warn and not checks.attrs["healthy"]:
         warnings.warn(f"WBIC {value:.6g}: {checks.attrs['verdict']}", HealthWarning, 2)
     return ds
+
+
+def _closest_temperature(stats: xr.Dataset, attrs: dict, target: float) -> tuple[xr.Dataset, dict]:
+    """The temperature slice whose nβ·factor is closest to ``target`` in log scale."""
+    slices = temperature_slices(stats, attrs)
+    gaps = [abs(math.log(float(a["nbeta"]) / target)) for _, a in slices]
+    return slices[gaps.index(min(gaps))]

@@ -33,7 +33,7 @@ def sample(
     num_chains: int = 4,
     num_draws: int = 1000,
     num_burnin: int | None = None,
-    thin: int = 1,
+    thin: int | None = None,
     seed: int = 0,
     *,
     keep_draws: bool = False,
@@ -67,7 +67,9 @@ def sample(
         num_chains, num_draws: chains and recorded draws per chain.
         num_burnin: steps discarded before the first recorded draw (still recorded in the
             ``warmup_sample_stats`` group); default = num_draws·thin, i.e. half the run.
-        thin: steps per recorded draw.
+        thin: steps per recorded draw; None (default) chooses it after tuning so the draws span
+            ten relaxation times of the slowest mode, 2/(εγ) steps, within a work budget
+            (``sampling.defaults.auto_thin``; 1 for large models).
         seed: chain i uses keys derived from (seed, i) only, on both backends.
         keep_draws: also keep parameter draws (group ``posterior``; memory C·D·d).
         init_jitter: chains start at w* + init_jitter·N(0, I) (default exactly at w*).

@@ -4,8 +4,9 @@
 (``sampling.jax_backend`` or ``sampling.torch_backend``). Everything that is not array math lives
 in this module:
 
-1. the run plan: burn-in draws, total draws, segment length (``options.RunSettings``), and the
-   chain layout of several temperatures (``sampling.temperatures``);
+1. the run plan: thinning and burn-in (chosen after tuning when not given), total draws, segment
+   length (``options.RunSettings``), and the chain layout of several temperatures
+   (``sampling.temperatures``);
 2. the step size: the user's (checked by the preflight) or the tuner's
    (``sampling.stepsize.tune_step_size``, the same search for both backends; the backend supplies
    only the accuracy-cap statistics);
@@ -34,12 +35,12 @@ import xarray as xr
 
 from slt_ppl.errors import SettingError
 from slt_ppl.sampling.checkpoint import checkpoint_path, load_for_resume
-from slt_ppl.sampling.defaults import DEFAULT_BATCH_SIZE, choose_kernel
+from slt_ppl.sampling.defaults import DEFAULT_BATCH_SIZE, auto_thin, choose_kernel
 from slt_ppl.sampling.loop import DrawRecord
 from slt_ppl.sampling.options import RunSettings, check_settings, checkpoint_settings
 from slt_ppl.sampling.recovery import run_with_recovery
 from slt_ppl.sampling.result import build_result
-from slt_ppl.sampling.stepsize import tune_step_size, warn_minibatch_heating
+from slt_ppl.sampling.stepsize import adapt_burnin, tune_step_size, warn_minibatch_heating
 from slt_ppl.sampling.temperatures import chain_factors, check_temperatures, split_temperatures
 
 #: key streams: 0 chains (and their jitter), 1 shared minibatches, 2 the step-size tuner
@@ -107,17 +108,19 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
         s, posterior.n, backend.kernel_names, backend.full_batch_kernels, backend.external_kernels
     )
     if isinstance(s.kernel, str) and s.kernel in backend.external_kernels:
-        return backend.sample_external(posterior, s)
+        return backend.sample_external(posterior, replace(s, thin=1 if s.thin is None else s.thin))
     setup = _setup(backend, posterior, s)
     ckpt_file = checkpoint_path(s.checkpoint.path) if s.checkpoint is not None else None
     resume = s.checkpoint is not None and s.checkpoint.resume
     restored = load_for_resume(ckpt_file, setup.settings) if resume else None
+    tune_keys = backend.keys(s.seed, TUNING_STREAM, setup.chain_index, s.plan.shared_batches)
     if restored is not None:
         step_size, tuning = restored.step_size, restored.tuning
     else:
-        step_size, tuning, tuned = _step_size(backend, posterior, setup, s)
+        step_size, tuning, tuned = _step_size(backend, posterior, setup, s, tune_keys)
         if tuned is not None:  # the tuner's adaptation windows were burn-in: continue from them
             setup = setup._replace(state=tuned)
+    setup, s, step_size = _run_length(posterior, setup, s, step_size, tuning, tune_keys)
     stream = _open_stream(posterior, s, len(setup.chain_index))
     compile_before = setup.runner.stats.get("compile_time_s", 0.0)
     try:
@@ -162,14 +165,16 @@ def _setup(backend: Backend, posterior: Any, s: RunSettings) -> Setup:
     temperature: common random numbers, ``sampling.temperatures``), step program, keys and the
     initial state."""
     options = dict(s.kernel_options or {})
-    if s.kernel == "rmsprop_sgld":
-        options.setdefault("freeze_after", s.burnin_steps)
+    if s.kernel == "rmsprop_sgld":  # freeze the preconditioner after burn-in (thin not known yet)
+        options.setdefault("freeze_after", s.num_draws if s.num_burnin is None else s.num_burnin)
     kern = backend.get_kernel(s.kernel, options)
     batch = posterior.n if kern.full_batch else min(posterior.n, s.batch_size or DEFAULT_BATCH_SIZE)
     factors = check_temperatures(s.temperatures)
     chain_index = np.arange(s.num_chains * (1 if factors is None else len(factors))) % s.num_chains
     per_chain_factors = None if factors is None else chain_factors(factors, s.num_chains)
-    runner = backend.runner(posterior, kern, batch, s, len(chain_index), per_chain_factors)
+    runner = backend.runner(
+        posterior, kern, batch, replace(s, thin=s.thin or 1), len(chain_index), per_chain_factors
+    )
     chain_keys, batch_keys = backend.keys(s.seed, CHAIN_STREAM, chain_index, s.plan.shared_batches)
     positions = backend.initial_positions(posterior, chain_keys, float(s.init_jitter))
     settings = {
@@ -177,7 +182,6 @@ def _setup(backend: Backend, posterior: Any, s: RunSettings) -> Setup:
         "posterior": _posterior_settings(posterior),
         "kernel_params": kern.params,
         "batch": batch,
-        "total_draws": s.total_draws,
     }
     return Setup(
         kern, batch, factors, chain_index, runner, chain_keys, batch_keys,
@@ -186,17 +190,15 @@ def _setup(backend: Backend, posterior: Any, s: RunSettings) -> Setup:
 
 
 def _step_size(
-    backend: Backend, posterior: Any, setup: Setup, s: RunSettings
+    backend: Backend, posterior: Any, setup: Setup, s: RunSettings, tune_keys: tuple[Any, Any]
 ) -> tuple[float, dict[str, Any], Any]:
     """(ε, tuning record, tuned state or None): the user's number, checked, or the tuner's choice
     from the initial state (its own key stream, so tuning never shifts the sampling draws); a
     tuner that adapts along the chains returns their state, and the run continues from it."""
     step_size = s.step_size
     if step_size is None or step_size == "auto":
-        shared = s.plan.shared_batches
-        keys, batch_keys = backend.keys(s.seed, TUNING_STREAM, setup.chain_index, shared)
         runner = setup.runner.for_tuning()
-        return tune_step_size(runner, setup.state, keys, batch_keys, caps_fn=backend.caps_fn)
+        return tune_step_size(runner, setup.state, *tune_keys, caps_fn=backend.caps_fn)
     try:
         step_size = float(step_size)
     except (TypeError, ValueError) as err:
@@ -207,6 +209,42 @@ def _step_size(
         raise SettingError(f"step_size must be a positive finite number, got {step_size}")
     backend.check_step_size(posterior, step_size)
     return step_size, {"method": "user"}, None
+
+
+def _run_length(
+    posterior: Any,
+    setup: Setup,
+    s: RunSettings,
+    step_size: float,
+    tuning: dict[str, Any],
+    tune_keys: tuple[Any, Any],
+) -> tuple[Setup, RunSettings, float]:
+    """Resolve ``thin`` and the default burn-in once ε is known: ``thin=None`` is chosen by
+    ``defaults.auto_thin`` (recorded in the tuning record, so a resumed run reuses it); when it
+    thins and ε was adapted along the chains, the burn-in adapts ε again on the thinned chains
+    (``stepsize.adapt_burnin``) and the default burn-in is then a quarter of num_draws·thin."""
+    thin, burnin_adapted = s.thin, False
+    if thin is None:
+        if "thin" not in tuning:
+            tuning["thin"], tuning["thin_reason"] = auto_thin(
+                posterior, step_size, setup.batch, len(setup.chain_index), s.num_draws,
+                setup.state.kernel_state,
+            )  # fmt: skip
+            adapted = tuning.get("windows") or tuning.get("along_chains")
+            if tuning["thin"] > 1 and adapted:
+                runner = setup.runner.for_tuning().with_thin(int(tuning["thin"]))
+                step_size, tuning["burnin_adaptation"], state = adapt_burnin(
+                    runner, setup.state, *tune_keys, step_size, s.num_draws
+                )
+                tuning["chosen"] = step_size
+                setup = setup._replace(state=state)
+        burnin_adapted = "burnin_adaptation" in tuning
+        thin = int(tuning["thin"])
+        setup = setup._replace(runner=setup.runner.with_thin(thin))
+    num_burnin = s.num_burnin
+    if num_burnin is None:
+        num_burnin = s.num_draws * thin // (4 if burnin_adapted else 1)
+    return setup, replace(s, thin=thin, num_burnin=num_burnin), step_size
 
 
 def _open_stream(posterior: Any, s: RunSettings, num_chains: int) -> Any:

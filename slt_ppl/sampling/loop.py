@@ -185,6 +185,17 @@ class SegmentRunner:
             twin.__dict__["_table"] = self.__dict__["_table"]
         return twin
 
+    def with_thin(self, thin: int) -> SegmentRunner:
+        """This runner with ``thin`` steps per draw (itself if unchanged); shares the center table
+        and the timing stats, compiles its own programs."""
+        if thin == self.thin:
+            return self
+        twin = dataclasses.replace(self, thin=int(thin), programs={})
+        object.__setattr__(twin, "stats", self.stats)
+        if "_table" in self.__dict__:
+            twin.__dict__["_table"] = self.__dict__["_table"]
+        return twin
+
     # -- minibatches and potentials -------------------------------------------------------------
 
     def batch(

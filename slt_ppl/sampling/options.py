@@ -95,7 +95,7 @@ class RunSettings:
     num_chains: int = 4
     num_draws: int = 1000
     num_burnin: int | None = None
-    thin: int = 1
+    thin: int | None = None  # None: chosen after tuning (defaults.auto_thin)
     seed: int = 0
     keep_draws: bool = False
     init_jitter: float = 0.0
@@ -110,7 +110,8 @@ class RunSettings:
 
     @property
     def burnin_steps(self) -> int:
-        """Burn-in steps: ``num_burnin``, default num_draws·thin (half the run)."""
+        """Burn-in steps: ``num_burnin``, default num_draws·thin (half the run). The plan's
+        properties need ``thin`` resolved (the driver resolves it after tuning)."""
         return self.num_draws * self.thin if self.num_burnin is None else int(self.num_burnin)
 
     @property
@@ -188,8 +189,9 @@ def check_settings(
     kernel = s.kernel
     if isinstance(kernel, str) and kernel not in kernel_names:
         raise SettingError(f"unknown kernel {kernel!r}; choose one of {kernel_names}")
+    thin = 1 if s.thin is None else s.thin
     for name, value in [("num_chains", s.num_chains), ("num_draws", s.num_draws),
-                        ("thin", s.thin), ("diag_every", s.plan.diag_every)]:  # fmt: skip
+                        ("thin", thin), ("diag_every", s.plan.diag_every)]:  # fmt: skip
         if not isinstance(value, int | np.integer) or value < 1:
             raise SettingError(f"{name} must be an integer >= 1, got {value!r}")
     if s.num_burnin is not None and (
@@ -260,7 +262,7 @@ def checkpoint_settings(s: RunSettings) -> dict[str, Any]:
     return {
         "kernel": kernel, "step_size": _setting_repr(s.step_size),
         "batch_size": s.batch_size, "num_chains": s.num_chains, "num_draws": s.num_draws,
-        "num_burnin": s.burnin_steps, "thin": s.thin, "seed": s.seed,
+        "num_burnin": s.num_burnin, "thin": s.thin, "seed": s.seed,
         "diag_every": s.plan.diag_every, "keep_draws": s.keep_draws,
         "shared_batches": s.plan.shared_batches, "init_jitter": float(s.init_jitter),
         "explode": float(s.divergence.explode), "num_segments": s.plan.num_segments,

@@ -311,6 +311,7 @@ def adapt_along_chains(
     growth: float = 2.0,
     shrink: float = 0.25,
     min_lambda: float = 0.05,
+    offset: int = 0,
 ) -> tuple[float, dict[str, Any], ChainState]:
     """Adapt ε during burn-in from the heating measured where the chains go, then freeze it.
 
@@ -323,9 +324,11 @@ def adapt_along_chains(
     relative heating approaches ``target`` (never by more than ×``growth`` or ×``shrink`` per
     window; λ̂ is floored at ``min_lambda`` while the chains are still at w*). A window in which a
     chain diverges is discarded and ε cut by 4. The windows stop after at least ``min_windows`` once
-    ε has settled (the last two rescalings within ×0.8–1.25) and λ̂ has stopped rising (the last
-    window's λ̂ is not above the one two windows earlier by more than 2 combined standard errors
-    of the chain means), or after ``max_windows``. The chains' state is returned so the run
+    ε has settled (the last two rescalings within ×0.8–1.25) and neither λ̂ nor the mean squared
+    distance ‖w − w*‖² has kept rising (the last window's value is not above the one two windows
+    earlier by more than 2 combined standard errors of the chain means), or after ``max_windows``.
+    ``offset`` is the first draw index (keys are folded with it; successive stages use disjoint
+    ranges). The chains' state is returned so the run
     continues from where the adaptation left them: the windows are burn-in.
 
     ``target`` is the first-order relative heating kept at the chosen ε: halving ε would then move
@@ -343,11 +346,17 @@ def adapt_along_chains(
     eps = float(start_eps)
     history: list[dict[str, float]] = []
     lams: list[tuple[float, float]] = []
+    spreads: list[tuple[float, float]] = []
     settled = 0
     steps = 0
     for k in range(max_windows):
         new_state, rec = run(
-            state, chain_keys, batch_keys, jnp.asarray(eps), k * window, diag_every=diag_every
+            state,
+            chain_keys,
+            batch_keys,
+            jnp.asarray(eps),
+            offset + k * window,
+            diag_every=diag_every,
         )
         steps += window * getattr(runner, "thin", 1)
         if bool((_host(new_state.diverged_at) >= 0).any()):
@@ -370,6 +379,10 @@ def adapt_along_chains(
                 factor = min(factor, 0.5)
         lam_mean = float(np.nanmean(lam))
         lams.append((lam_mean, float(np.nanstd(lam)) / math.sqrt(max(1, num_chains))))
+        dist2 = np.nanmean(_host(rec.distance)[:, _host(rec.distance).shape[1] // 2 :] ** 2, axis=1)
+        spreads.append(
+            (float(np.nanmean(dist2)), float(np.nanstd(dist2)) / math.sqrt(max(1, num_chains)))
+        )
         history.append(
             {
                 "step_size": eps,
@@ -380,7 +393,8 @@ def adapt_along_chains(
             }
         )
         settled = settled + 1 if 0.8 <= factor <= 1.25 else 0
-        if k + 1 >= min_windows and settled >= 2 and _stopped_rising(lams):
+        steady = _stopped_rising(lams) and _stopped_rising(spreads)
+        if k + 1 >= min_windows and settled >= 2 and steady:
             break
         eps *= factor
     record = {
@@ -388,11 +402,39 @@ def adapt_along_chains(
         "target_relative_heating": target,
         "window_draws": window,
         "windows": history,
-        "settled": bool(settled >= 2 and _stopped_rising(lams)),
+        "settled": bool(settled >= 2 and _stopped_rising(lams) and _stopped_rising(spreads)),
         "adaptation_steps": steps,
         "chosen": eps,
     }
     return eps, record, state
+
+
+def adapt_burnin(
+    runner: SegmentRunner,
+    state: ChainState,
+    chain_keys: jax.Array,
+    batch_keys: jax.Array,
+    step_size: float,
+    num_draws: int,
+    *,
+    offset: int = 10**6,
+    max_windows: int = 10,
+) -> tuple[float, dict[str, Any], ChainState]:
+    """Second adaptation stage on the thinned runner (``auto_thin`` chose thin > 1): the burn-in
+    itself, as up to ``max_windows`` windows of num_draws/10 draws (the default burn-in length
+    num_draws·thin in all), ε rescaled toward the heating target after each, frozen after.
+
+    Why: the first stage (:func:`tune_step_size`) runs windows of single steps; on a rank-0 reduced-
+    rank regression its chains were still spreading along the valleys when it stopped, and over the
+    thinned run they went on to regions of 7× the Laplacian and gradient noise, heating λ̂ from the
+    exact 5.82 to 7.58 (first-order estimate of the heating 1.8). Adapting over the whole burn-in
+    lets ε follow the chains out. Draw indices start at ``offset`` (disjoint from the first stage).
+    """
+    window = max(10, num_draws // 10)
+    return adapt_along_chains(
+        runner, state, chain_keys, batch_keys, step_size, window=window, diag_every=2,
+        min_windows=3, max_windows=max_windows, offset=offset,
+    )  # fmt: skip
 
 
 def _window_llc(rec: Any, nbeta: np.ndarray) -> np.ndarray:

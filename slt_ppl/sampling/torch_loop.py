@@ -156,6 +156,17 @@ class TorchSegmentRunner:
             twin._fns["table"] = self._fns["table"]
         return twin
 
+    def with_thin(self, thin: int) -> TorchSegmentRunner:
+        """This runner with ``thin`` steps per draw (itself if unchanged), sharing the center
+        table and the timing stats."""
+        if thin == self.thin:
+            return self
+        twin = dataclasses.replace(self, thin=int(thin), stats={}, _fns={})
+        object.__setattr__(twin, "stats", self.stats)
+        if "table" in self._fns:
+            twin._fns["table"] = self._fns["table"]
+        return twin
+
     # -- minibatches and potentials -------------------------------------------------------------
 
     def _streams(self, chain_keys: Any, batch_keys: Any) -> _Streams:
