@@ -12,7 +12,9 @@ meaningful on a shared machine:
   diagnostic, no heating statistics); ``thin 10``: records every 10th step;
 - ``minimal``: the hand-written jitted SGLD loop of ``llc_speed.py`` (the ceiling);
 - ``torch``: the torch step program (``TorchSegmentRunner``) on the Pyro DLN, every diagnostic on;
-  ``torch no diag draws`` likewise without them (``--no-torch`` skips both).
+  ``torch no diag draws`` likewise without them (``--no-torch`` skips both, ``--torch-threads``
+  sets torch's intra-op threads: on a loaded machine torch's default OpenMP threads spin and
+  collapse).
 
 Compile time is excluded (every variant runs once before timing). λ̂ of each variant's last run is
 printed beside its speed (short runs: not equilibrated; they must agree with each other).
@@ -105,6 +107,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument(
+        "--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch default)"
+    )
+    parser.add_argument("--only", default="", help="comma list of variants to time (default all)")
     args = parser.parse_args()
     c, t = args.chains, args.steps
     variants, gamma = jax_variants(args.width, c, t)
@@ -114,7 +120,14 @@ def main() -> None:
     if go_min is not None:
         variants["minimal"] = lambda: (go_min().T, np.full((c, t), full))
     if not args.no_torch:
+        if args.torch_threads:
+            import torch
+
+            torch.set_num_threads(args.torch_threads)
         variants.update(torch_variants(args.width, c, t, gamma))
+    if args.only:
+        keep = {"shipped", *args.only.split(",")}
+        variants = {name: go for name, go in variants.items() if name in keep}
     last = {name: go() for name, go in variants.items()}  # compile / warm up
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
