@@ -79,7 +79,8 @@ def leapfrog_log_acceptance(
     p₀ = p_half + (h/2)∇U_B(w) (the refreshed momentum) and p₁ = p_half − (h/2)∇U_B(w'), where
     p_half is the stored momentum; ΔH = U_B(w') − U_B(w) + (|p₁|² − |p₀|²)/2 costs one gradient
     at w'. min(1, e^{−ΔH}) is the acceptance a generalized-HMC (Metropolized OBABO) chain would give
-    this very move; with friction 1 it equals the MALA acceptance of the Langevin step of size ε.
+    this very move. Since w' = w − (ε/2)∇U_B(w) + h·p₀, −ΔH is also, identically, the MALA log
+    acceptance of the actual move w → w' scored as a Langevin proposal (its noise being h·p₀).
     It measures the integrator's energy error — a discretization diagnostic. It is *not* a valid
     Metropolis ratio for this kernel: nothing is rejected, and without GHMC's momentum flip on
     rejection the map is not reversible.
