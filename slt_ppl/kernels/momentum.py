@@ -12,7 +12,9 @@ starting point only, on its own minibatch. With g = ∇U_B(w) and h = √ε (see
 
 The stored momentum is the half-step momentum that moves w. SGHMC uses a = a₀ = 1 − ``friction``,
 so O is the exact OU step for the damping applied and keeps N(0, I) invariant (the old update
-p ← (1 − c)p − h∇U + √(2c)ξ had noise variance 2c ≠ 1 − (1 − c)²: momentum temperature 1/(1 − c/2)).
+p ← (1 − c)p − h∇U + √(2c)ξ had noise variance 2c ≠ 1 − (1 − c)², momentum temperature
+1/(1 − c/2), which happened to cancel the positions' temperature (1 + a)/2 under that ordering; SGNHT,
+whose thermostat forced the momentum to temperature 1, was left 1 − c/2 = 5 % cold).
 OBABO leaves N(0, I) × (the velocity-Verlet modified Gibbs law) invariant, so on a Gaussian target
 of precision ω² the positions have variance exactly 1/(ω²(1 − εω²/4)), the Euler–Maruyama value
 of SGLD at the same ε; with friction 1 one step *is* a Langevin step of size ε.
@@ -22,18 +24,23 @@ friction per step). Each step it moves by
 
     ζ ← ζ + r·(|p|²/d − 1),   r = (1 − a₀²)/(2a₀²·τ),  τ = ``thermostat_steps``,
 
-on the new half-step momentum p. It starts at ζ₀ = −log a₀, the fixed point without gradient noise,
-and the rate r makes the linearized loop relax in ≈ τ steps at every ε (Ding et al.'s ζ ← ζ +
-h(·) moves ζh by ε per step, so it needed ≈ friction/ε steps, ~10⁴ at ε = 1e-5). Any positive rate
-keeps the thermostat's invariant law (Leimkuhler & Shang 2016 call the adaptive damping the
-"Ad-Langevin" thermostat mass); the noise amplitude stays the exact OU amplitude of a₀, so extra
-minibatch noise in the kicks is absorbed by raising ζ. Why the half-step momentum: at stationarity
-of E|w − c|² under w ← w + h·p one finds, for any U, damping and gradient noise, E|p|² = E[(w − c)·∇U]
-(the virial, which equals d under the exact posterior). So the thermostat drives the *configurational*
-temperature to 1 whatever the noise (one scalar thermostat: isotropic noise is absorbed exactly,
-anisotropic noise only on average). On a Gaussian, coordinate j gets variance σ_j²·κ/(1 − εω_j²/4)
-with κ = 1/mean_k[1/(1 − εω_k²/4)] ≈ 1 − ε·mean(ω²)/4 (ζ's fluctuations neglected), so the
-coordinates share the discretization error and λ̂ = Σ_j ω_j²·Var_j/2 = d/2 exactly.
+on the new half-step momentum p. It starts at ζ₀ = −log a₀, close to its fixed point without
+gradient noise, and r makes the linearized loop relax in ≈ τ steps at every ε: Ding et al.'s
+ζ ← ζ + h·(·) moves the per-step friction by ε per step and needed ≈ friction/ε steps (~3 000 to
+settle at ε = 1e-4; this one ≈ 300 at any ε). Any positive rate (a thermostat mass, in Nosé–Hoover
+terms) keeps the invariant law of the continuous adaptive-Langevin dynamics (Leimkuhler & Shang
+2016). The noise amplitude stays the OU amplitude of a₀, so extra minibatch noise in the kicks is
+absorbed by a larger ζ: the thermostat's job (Ding et al.).
+
+Why the half-step momentum: with constant damping a, stationarity of E|w − c|² under w' = w + h·p'
+gives E[(w − c)·p] = (h/2)·E|p|² for the momentum p that brought w there and
+E[(w − c)·p'] = −(h/2)·E|p'|² for the next one; inserting
+p' = a·(p − (h/2)g) + noise − (h/2)g leaves (1 + a)·(E|p|² − E[(w − c)·g]) = 0. So E|p|² equals the
+virial E[(w − c)·∇U] (d under the exact law) for any U, damping and zero-mean gradient noise, and
+the thermostat drives the *configurational* temperature to 1 (one scalar thermostat: isotropic
+noise is absorbed exactly, anisotropic noise on average). On a Gaussian, coordinate j gets variance
+σ_j²·κ/(1 − εω_j²/4), κ = 1/mean_k[1/(1 − εω_k²/4)] ≈ 1 − ε·mean(ω²)/4 (ζ's fluctuations
+neglected): the coordinates share the discretization error and E[U − U_min] = d/2 has none.
 
 ``score`` is the leapfrog energy error of the step, evaluated on the same minibatch: see
 :func:`leapfrog_log_acceptance`.
