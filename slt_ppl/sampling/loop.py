@@ -325,7 +325,7 @@ class SegmentRunner:
         t0 = i * self.thin
         idx = self._indices(batch_key, t0)
         batch = post.data if idx is None else {k: v[idx] for k, v in post.data.items()}
-        key, _ = jax.random.split(jax.random.fold_in(chain_key, t0))  # keeps the streams
+        key, probe_key = jax.random.split(jax.random.fold_in(chain_key, t0))
         w = _position(state.kernel_state)
         new_ks, info, finite = self._step(ctx, state, key, batch, step_size)
         ok = finite & (state.diverged_at < 0)
