@@ -205,6 +205,7 @@ def test_momentum_acceptance_diagnostic_scores_the_actual_move(posterior):
         num_chains=8,
         num_draws=200,
         num_burnin=200,
+        thin=1,
         diag_every=1,
         keep_draws=True,
         progress=False,

@@ -194,7 +194,7 @@ def test_torch_sampler_reports_the_momentum_score() -> None:
     eps, n = 2e-3, problem.data["y"].shape[0]
     res = slt_ppl.sample(
         post, kernel="sgnht", step_size=eps, batch_size=n, num_chains=4, num_draws=60,
-        num_burnin=20, diag_every=1, keep_draws=True, progress=False, seed=1,
+        num_burnin=20, thin=1, diag_every=1, keep_draws=True, progress=False, seed=1,
     )  # fmt: skip
     recorded = res["sample_stats"]["acceptance"].values[:, :-1]
     w = torch.as_tensor(res["posterior"]["w"].values, dtype=post.center.dtype)
