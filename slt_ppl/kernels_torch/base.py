@@ -40,8 +40,9 @@ class StepInfo(NamedTuple):
 
 
 class TorchKernel(NamedTuple):
-    """A batched torch sampling kernel; ``proposal`` and ``full_batch`` as in
-    ``kernels.base.Kernel``."""
+    """A batched torch sampling kernel; ``proposal``, ``full_batch`` and ``score`` as in
+    ``kernels.base.Kernel`` (``score(value_and_grad, state, new_state, info, step_size)`` returns
+    the per-chain log acceptance, shape (C,))."""
 
     name: str
     init: Callable[[torch.Generator, Tensor, ValueAndGrad], Any]
@@ -49,6 +50,7 @@ class TorchKernel(NamedTuple):
     proposal: str
     full_batch: bool
     params: dict[str, Any]
+    score: Callable[[ValueAndGrad, Any, Any, StepInfo, float], Tensor] | None = None
 
 
 def normal(gen: torch.Generator, like: Tensor) -> Tensor:

@@ -163,19 +163,16 @@ class TorchSegmentRunner:
         if kernel.proposal == "metropolis":
             acceptance = info.acceptance
         elif i % self.diag_every == 0:
-            if kernel.proposal == "langevin":
-                w_new = new_state.kernel_state.position
-            else:  # momentum kernels: a Langevin probe of the same ε from w
-                w_new = (
-                    w
-                    - 0.5 * step_size * info.grad
-                    + step_size**0.5
-                    * torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype)
+            if kernel.score is not None:  # the kernel scores its own move (momentum kernels)
+                log_a = kernel.score(
+                    vg, state.kernel_state, new_state.kernel_state, info, step_size
                 )
-            u_new, _, g_new = vg(w_new)
-            log_a = mala_log_acceptance(
-                w, info.potential, info.grad, w_new, u_new, g_new, step_size, info.precond
-            )
+            else:  # the step is a Langevin proposal: score it as MALA would
+                w_new = new_state.kernel_state.position
+                u_new, _, g_new = vg(w_new)
+                log_a = mala_log_acceptance(
+                    w, info.potential, info.grad, w_new, u_new, g_new, step_size, info.precond
+                )
             acceptance = torch.where(
                 torch.isnan(log_a), 0.0, torch.exp(torch.clamp(log_a, max=0.0))
             )
