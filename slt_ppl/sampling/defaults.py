@@ -35,7 +35,7 @@ def choose_kernel(posterior: Any, kernel: Any, batch_size: int | None) -> tuple[
     )
 
 
-WORK_BUDGET = 1e9  # row·parameter gradient evaluations a default run may spend on thinning
+WORK_BUDGET = 2e10  # row·parameter gradient evaluations a default run may spend on thinning
 MAX_STEPS = 250_000  # and at most this many steps per chain (per-step overhead of tiny models)
 RELAXATIONS = 10  # recorded draws should span this many relaxation times of the slowest mode
 
