@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", default=None, help="localization strength or 'auto'")
     p.add_argument("--nbeta", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--temperatures",
+        default="1,2",
+        help="nβ factors run together for the two-temperature LLC (default 1,2; 'none': one)",
+    )
     p.add_argument("--out", default="slt_ppl_out", help="output directory (NetCDF + PNG)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plots", action="store_true")
@@ -156,6 +161,7 @@ def run_llc(argv: list[str]) -> int:
     print(f"slt-ppl: LLC of {name}")
     post = slt_ppl.localize(model, data, center, **s["localize"])
     sampler = {"progress": not args.no_progress, **s["sampler"]}
+    sampler.setdefault("temperatures", _temperatures(args.temperatures, sampler.get("kernel")))
     result = slt_ppl.sample(post, **sampler)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -173,6 +179,17 @@ def run_llc(argv: list[str]) -> int:
         ("kernel / ε", f"{result.attrs['kernel']} / {result.attrs['step_size']:.3g}"),
         ("chains x draws", f"{result.attrs['num_chains']} x {result.attrs['num_draws']}"),
         ("LLC", f"{float(est['llc']):.4f} ± {float(est['llc_se']):.4f}"),
+        *(
+            [
+                (
+                    "LLC, two temp.",
+                    f"{float(est['llc_two_temperature']):.4f} ± "
+                    f"{float(est['llc_two_temperature_se']):.4f} (nβ×{_factors(result)})",
+                )
+            ]
+            if "llc_two_temperature" in est
+            else []
+        ),
         ("theory λ", "unknown" if theory is None else f"{float(theory):.4f}"),
         ("R-hat", f"{float(est['rhat']):.3f}"),
         ("ESS", f"{float(est['ess']):.0f}"),
@@ -194,11 +211,33 @@ def run_llc(argv: list[str]) -> int:
             {
                 "llc": float(est["llc"]),
                 "llc_se": float(est["llc_se"]),
+                **(
+                    {
+                        "llc_two_temperature": float(est["llc_two_temperature"]),
+                        "llc_two_temperature_se": float(est["llc_two_temperature_se"]),
+                    }
+                    if "llc_two_temperature" in est
+                    else {}
+                ),
                 "healthy": est.attrs["healthy"],
             }
         )
     )
     return 0
+
+
+def _temperatures(text: str, kernel: Any) -> list[float] | None:
+    """The --temperatures option: "1,2" → [1.0, 2.0]; "none" (or NumPyro's HMC/NUTS) → None."""
+    if text.strip().lower() in ("none", "", "1") or kernel in ("hmc", "nuts"):
+        return None
+    try:
+        return [float(t) for t in text.split(",")]
+    except ValueError as err:
+        raise SettingError(f"--temperatures must look like 1,2 or none, got {text!r}") from err
+
+
+def _factors(result: Any) -> str:
+    return ",".join(f"{f:g}" for f in json.loads(result.attrs["temperatures"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,8 @@ import xarray as xr
 
 
 def plot_traces(result: xr.DataTree, path: str | Path | None = None, title: str | None = None):
-    """Loss traces nβ·(L_B(w_t) − L_B(w*)) per chain (burn-in shaded) and the acceptance trace.
+    """Loss traces nβ·(L_B(w_t) − L_B(w*)) per chain (burn-in shaded) and the acceptance trace;
+    with several temperatures, each temperature's chains (nβ·factor, dashed after the first).
 
     The top panel is what the LLC averages: after burn-in it must be flat (a slow rise means λ̂ is
     underestimated, Furman & Lau 2024). The bottom panel shows the MALA-acceptance diagnostic with
@@ -26,20 +27,27 @@ def plot_traces(result: xr.DataTree, path: str | Path | None = None, title: str 
     main = result["sample_stats"].to_dataset()
     n_warm = warm.sizes["draw"]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, constrained_layout=True)
-    for c in main["chain"].values:
-        y = np.concatenate(
-            [
-                (warm["loss"] - warm["loss_center"]).sel(chain=c).values,
-                (main["loss"] - main["loss_center"]).sel(chain=c).values,
-            ]
-        )
-        steps = np.arange(y.size) * thin
-        ax1.plot(steps, nbeta * y, lw=0.6, alpha=0.8, label=f"chain {c}")
-        acc = np.concatenate(
-            [warm["acceptance"].sel(chain=c).values, main["acceptance"].sel(chain=c).values]
-        )
-        keep = np.isfinite(acc)
-        ax2.plot(steps[keep], acc[keep], ".", ms=3, alpha=0.7)
+    # a multi-temperature result: every temperature's chains, nβ·factor each, dashed above the first
+    factors = main["temperature"].values if "temperature" in main.dims else [None]
+    for k, factor in enumerate(factors):
+        w_t = warm if factor is None else warm.sel(temperature=factor)
+        m_t = main if factor is None else main.sel(temperature=factor)
+        scale = nbeta * (1.0 if factor is None else float(factor))
+        for c in m_t["chain"].values:
+            y = np.concatenate(
+                [
+                    (w_t["loss"] - w_t["loss_center"]).sel(chain=c).values,
+                    (m_t["loss"] - m_t["loss_center"]).sel(chain=c).values,
+                ]
+            )
+            steps = np.arange(y.size) * thin
+            label = f"chain {c}" if factor is None else f"chain {c}, nβ×{factor:g}"
+            ax1.plot(steps, scale * y, lw=0.6, alpha=0.8, ls="-" if k == 0 else "--", label=label)
+            acc = np.concatenate(
+                [w_t["acceptance"].sel(chain=c).values, m_t["acceptance"].sel(chain=c).values]
+            )
+            keep = np.isfinite(acc)
+            ax2.plot(steps[keep], acc[keep], ".", ms=3, alpha=0.7)
     if n_warm:
         for ax in (ax1, ax2):
             ax.axvspan(0, n_warm * thin, color="0.9", zorder=-1, label=None)

@@ -20,8 +20,8 @@ U = w⁴/4 + w²/2 (Euler–Maruyama's invariant law computed on a grid, ε = 0.
 first-order heating of E[U] was 0.62× the formula, of E[w²] 0.53×, of E[w⁴] 0.68× (conservative
 there; third derivatives enter the exact first-order term). The noise term is an upper bound
 (ρ_i ≤ 1; flat directions have ρ ≈ 0).
-Momentum kernels (SGHMC, SGNHT) refresh only a fraction ``friction`` of their momentum per step,
-so their gradient noise heats by 2/friction times as much (the noise term is multiplied by it);
+Momentum kernels: SGHMC's gradient noise heats (2 − f)/f times as much as SGLD's (f = friction),
+SGNHT's thermostat absorbs it (:func:`noise_factor`);
 Metropolis-corrected kernels (MALA, HMC, NUTS) sample the posterior exactly: Δλ̂ = 0.
 
 The sampler records, every ``diag_every`` draws (seam 5), ``laplacian`` = a one-probe Hutchinson
@@ -77,13 +77,24 @@ class BiasEstimate:
 
 
 def noise_factor(kernel: str, kernel_params: str | dict | None) -> float:
-    """Multiplier of the gradient-noise term: 2/friction for momentum kernels, 1 otherwise
-    (SGLD, RMSprop-SGLD, and user kernels, which get the SGLD formula)."""
+    """Multiplier c of the gradient-noise term (seam 5), per kernel:
+
+    - SGLD, RMSprop-SGLD and user kernels: 1 (the SGLD formula);
+    - SGHMC (OBABO splitting, exact OU refresh p ← a·p + √(1 − a²)·ξ, a = 1 − friction): a
+      gradient-noise variance Σ per step heats a Gaussian direction by (2 − f)/f times SGLD's
+      εΣ/4 (f = friction; 19 at the default 0.1, 1 at f = 1, where a step is a Langevin step);
+    - SGNHT: 0. Its thermostat adapts the damping until E|p|² equals the virial E[(w − w*)·∇U],
+      which pins the temperature of the positions whatever the gradient noise (Ding et al. 2014;
+      the derivation is in ``kernels.momentum``), so minibatch noise does not heat it to first
+      order. Its discretization term is kept (conservative).
+    """
     if kernel not in MOMENTUM_KERNELS:
         return 1.0
+    if kernel == "sgnht":
+        return 0.0
     params = json.loads(kernel_params) if isinstance(kernel_params, str) else kernel_params or {}
     friction = float(params.get("friction", 0.1))
-    return 2.0 / friction
+    return (2.0 - friction) / friction
 
 
 def unavailable(note: str) -> BiasEstimate:

@@ -23,10 +23,8 @@ so :func:`signal_ess_rhat` is written here):
   variance, which sees chains that have not mixed when the batches are shorter than the
   autocorrelation time; batch means see what ArviZ's truncation and independence assumption miss.
   Each is optimistic in a case where the other is not, so the larger one is reported.
-* :func:`signal_ess_rhat` — ESS and split R-hat of the signal s, estimated from y: autocovariances
-  of y at lags ≥ 1 are those of s (the noise is white), so Var s is taken as the lag-1
-  autocovariance γ_y(1) = ρ_s(1)·Var s ≤ Var s (a conservative choice: it can only lower the ESS
-  and raise R-hat) and the noise variance as γ_y(0) − γ_y(1).
+* :func:`signal_ess_rhat` — ESS and R-hat of the signal s from block means of y (the white noise
+  averages out within a block, a slow signal does not).
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ import numpy as np
 import xarray as xr
 
 BATCHES_PER_RUN = 10
+SIGNAL_BLOCKS = 100  # blocks per chain for the mixing diagnostics (signal_ess_rhat)
 MIN_BATCH_LENGTH = 5
 
 
@@ -125,37 +124,27 @@ def lag_autocovariances(x: np.ndarray) -> tuple[float, float]:
 
 
 def signal_ess_rhat(trace: xr.DataArray) -> tuple[float, float, str]:
-    """ESS and split R-hat of the slow part s of a trace y = s + white noise (module docstring).
+    """ESS and R-hat of the slow part s of a trace y = s + white noise, from block means.
 
-    With γ(0), γ(1) the lag-0/1 autocovariances of y (chain-centered, chain-averaged):
+    Each chain is cut into ``SIGNAL_BLOCKS`` consecutive blocks (block length L = N // SIGNAL_BLOCKS
+    draws) and ArviZ's bulk ESS and rank-normalized split R-hat (Vehtari et al. 2021) are computed on
+    the block means: averaging L draws divides the white minibatch noise's variance by L and keeps a
+    signal that varies slowly, so a chain whose signal has not mixed shows up as autocorrelated
+    block means, while a well-mixed one gives up to C·SIGNAL_BLOCKS effective blocks. The ESS is
+    returned in blocks (the effective number of independent block means): it is what limits the
+    precision of λ̂ when the signal mixes slowly.
 
-        Var s ≈ γ(1),  Var e ≈ γ(0) − γ(1),
-        ESS_s = C·N·Var s / LRV_s,  LRV_s = max(LRV_y − Var e, Var s),
-
-    LRV_y the long-run variance of y: the larger of :func:`long_run_variance` per chain (averaged
-    over chains) and :func:`between_chain_lrv`.
-    Split R-hat (Gelman et al. 2013, BDA3 11.4) on the 2C half chains with the within-chain
-    variance W_s = γ_half(1) and the between-half variance of the half means less their noise part
-    Var e/(N/2): R̂_s = √(((N/2 − 1)/(N/2)·W_s + B_s)/W_s).
-
-    When y shows no autocorrelation at lag 1 (ρ_y(1) ≤ 3/√(C·N), three null standard deviations)
-    the signal cannot be told from the noise but also does not mix slowly; ArviZ's bulk ESS and
-    rank-normalized R-hat of y are returned. Returns (ess, rhat, which).
+    An earlier form took Var s as the lag-1 autocovariance of y; with thinned draws the signal
+    itself decorrelates between draws, that variance was underestimated several-fold and healthy
+    runs read ESS 12 and R-hat 1.17 (DLN 5-5-5, thin 4, a stationary trace by eye). Block means need
+    no model of the signal. Below 2·SIGNAL_BLOCKS draws per chain the blocks are single draws.
+    Returns (ess, rhat, which).
     """
     x = _values(trace)
     num_chains, num = x.shape
-    g0, g1 = lag_autocovariances(x)
-    if num < 4 * MIN_BATCH_LENGTH or not g0 > 0 or g1 <= 3.0 * g0 / math.sqrt(num_chains * num):
-        return arviz_ess(trace), arviz_rhat(trace), "loss trace (no lag-1 autocorrelation)"
-    var_e = g0 - g1
-    lrv_y = max(float(np.mean(long_run_variance(x))), between_chain_lrv(x))
-    lrv_s = max(lrv_y - var_e, g1)
-    ess = num_chains * num * g1 / lrv_s
-    half = num // 2
-    halves = np.concatenate([x[:, :half], x[:, half : 2 * half]], axis=0)
-    w_s = lag_autocovariances(halves)[1]
-    if not w_s > 0:
-        return ess, math.inf, "loss signal (lag-1 autocovariance of the half chains ≤ 0)"
-    b_s = max(float(np.var(halves.mean(axis=1), ddof=1)) - var_e / half, 0.0)
-    rhat = math.sqrt(((half - 1) / half * w_s + b_s) / w_s)
-    return ess, rhat, "loss signal (minibatch noise removed)"
+    length = max(1, num // SIGNAL_BLOCKS)
+    if length == 1:
+        return arviz_ess(trace), arviz_rhat(trace), "loss trace"
+    blocks = x[:, : length * (num // length)].reshape(num_chains, num // length, length).mean(-1)
+    da = xr.DataArray(blocks, dims=("chain", "draw"))
+    return arviz_ess(da), arviz_rhat(da), f"means of {length}-draw blocks of the loss trace"

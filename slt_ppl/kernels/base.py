@@ -24,6 +24,7 @@ import jax
 
 Array = jax.Array
 PotentialFn = Callable[[Array], tuple[Array, Array]]
+ScoreFn = Callable[[PotentialFn, Any, Any, "StepInfo", Array], Array]
 
 
 class StepInfo(NamedTuple):
@@ -46,11 +47,15 @@ class StepInfo(NamedTuple):
 class Kernel(NamedTuple):
     """A sampling kernel.
 
-    proposal: how the sampler computes the MALA-acceptance diagnostic of an SG step:
+    proposal: how the sampler computes the acceptance diagnostic of an SG step:
         "langevin" — the step *is* a Langevin proposal w' = w − (ε/2)G∇U + √(εG)ξ: score that transition;
-        "probe" — momentum kernels: score a Langevin probe of size ε from the current position;
+        "probe" — momentum kernels (SGHMC, SGNHT); their ``score`` scores the move;
         "metropolis" — the kernel already accepts/rejects (MALA): report its own acceptance.
     full_batch: the kernel must see the whole data set every step.
+    score: ``score(potential_fn, state, new_state, info, step_size) -> log A``, the log acceptance
+        of the kernel's *actual* move state → new_state scored on the same minibatch (``info`` is
+        the step's report about ``state``); the sampler's acceptance diagnostic uses it every
+        ``diag_every`` draws. None: the sampler scores the move as a Langevin proposal.
     """
 
     name: str
@@ -60,3 +65,4 @@ class Kernel(NamedTuple):
     full_batch: bool
     params: dict[str, Any]
     preconditioner: Any = None  # the kernel's diagonal Preconditioner, if any (for step-size caps)
+    score: ScoreFn | None = None

@@ -3,16 +3,14 @@
     state = kernel.init(gen, positions, value_and_grad)
     state, info = kernel.step(gen, state, value_and_grad, step_size)
 
-``positions`` is a (C, d) tensor, one row per chain; ``value_and_grad(W) -> (U, L, ∇U)``
-evaluates the
-potential U_B, the loss L_B and the gradient of every chain at once (shapes (C,), (C,), (C, d); the
-sampler builds it with ``torch.func.vmap`` over ``torch.func.grad``); ``gen`` is the source of randomness: either a
-``torch.Generator`` (one stream for all chains, as in the kernel tests) or the sampler's
-:class:`ChainNoise` (one stream per chain, keyed by (chain seed, step), so chain i's draws depend
-neither on the number of chains nor on segmenting). Kernels draw only through :func:`normal` and
-:func:`uniform`. States are NamedTuples of tensors whose leading axis is the chain, so the
-sampler
-can freeze diverged chains with one ``torch.where`` per field.
+``positions`` is a (C, d) tensor, one row per chain; ``value_and_grad(W) -> (U, L, ∇U)`` evaluates
+the potential U_B, the loss L_B and the gradient of every chain at once (shapes (C,), (C,), (C, d);
+the sampler builds it with ``torch.func.vmap`` over ``torch.func.grad``); ``gen`` is the source of
+randomness: either a ``torch.Generator`` (one stream for all chains, as in the kernel tests) or the
+sampler's :class:`ChainNoise` (one stream per chain, keyed by (chain seed, step), so chain i's
+draws depend neither on the number of chains nor on segmenting). Kernels draw only through
+:func:`normal` and :func:`uniform`. States are NamedTuples of tensors whose leading axis is the
+chain, so the sampler can freeze diverged chains with one ``torch.where`` per field.
 
 Step-size convention as in JAX: ε is the Langevin step, w ← w − (ε/2)∇U + √ε·ξ; momentum kernels use
 h = √ε. Torch draws differ from JAX draws (different generators); only the statistics agree.
@@ -43,8 +41,9 @@ class StepInfo(NamedTuple):
 
 
 class TorchKernel(NamedTuple):
-    """A batched torch sampling kernel; ``proposal`` and ``full_batch`` as in
-    ``kernels.base.Kernel``."""
+    """A batched torch sampling kernel; ``proposal``, ``full_batch`` and ``score`` as in
+    ``kernels.base.Kernel`` (``score(value_and_grad, state, new_state, info, step_size)`` returns
+    the per-chain log acceptance, shape (C,))."""
 
     name: str
     init: Callable[[torch.Generator, Tensor, ValueAndGrad], Any]
@@ -52,6 +51,7 @@ class TorchKernel(NamedTuple):
     proposal: str
     full_batch: bool
     params: dict[str, Any]
+    score: Callable[[ValueAndGrad, Any, Any, StepInfo, float], Tensor] | None = None
 
 
 MASK64 = (1 << 64) - 1

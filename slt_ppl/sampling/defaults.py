@@ -35,8 +35,8 @@ def choose_kernel(posterior: Any, kernel: Any, batch_size: int | None) -> tuple[
     )
 
 
-WORK_BUDGET = 4e9  # row·parameter gradient evaluations a default run may spend on thinning
-MAX_STEPS = 2_000_000  # and at most this many steps per chain (per-step overhead of tiny models)
+WORK_BUDGET = 2e10  # row·parameter gradient evaluations a default run may spend on thinning
+MAX_STEPS = 250_000  # and at most this many steps per chain (per-step overhead of tiny models)
 RELAXATIONS = 10  # recorded draws should span this many relaxation times of the slowest mode
 
 

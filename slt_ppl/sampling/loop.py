@@ -348,14 +348,13 @@ class SegmentRunner:
             pot = self.potential_fn(batch, post)
 
             def diagnose(_: None) -> Array:
-                if kernel.proposal == "langevin":
-                    w_new = _position(new_ks)
-                else:  # momentum kernels: a Langevin probe of the same ε from w
-                    noise = jax.random.normal(probe_key, w.shape, dtype)
-                    w_new = w - 0.5 * step_size * info.grad + jnp.sqrt(step_size) * noise
-                log_a = mala_log_acceptance(
-                    pot, w, info.potential, info.grad, w_new, step_size, info.precond
-                )
+                if kernel.score is not None:  # the kernel scores its own move (momentum kernels)
+                    log_a = kernel.score(pot, state.kernel_state, new_ks, info, step_size)
+                else:  # the step is a Langevin proposal: score it as MALA would
+                    w_new, g = _position(new_ks), info.grad
+                    log_a = mala_log_acceptance(
+                        pot, w, info.potential, g, w_new, step_size, info.precond
+                    )
                 return jnp.where(jnp.isnan(log_a), 0.0, jnp.exp(jnp.minimum(log_a, 0.0)))
 
             acceptance = jax.lax.cond(

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slt_ppl.compile_cache import cached_call, compile_lowered
+from slt_ppl.estimators.bias import noise_factor
 from slt_ppl.posterior import LocalPosterior
 from slt_ppl.sampling.loop import ChainState, SegmentRunner
 
@@ -125,8 +126,9 @@ def accuracy_caps(
 
     curvature: ε·λ_max(G^½ ∇²U G^½) ≤ ``curvature_fraction``;
     noise:     (ε/2)²·Σ G_i² Σ_B,ii ≤ κ·ε·Σ G_i, i.e. ε ≤ 4κ·Σ G_i / Σ G_i² Σ_B,ii,
-    with κ = ``noise_fraction``; momentum kernels get an extra factor friction/2 (they inject only
-    √(2·friction) of fresh noise per step, so the same minibatch noise heats them 2/friction times more
+    with κ = ``noise_fraction``; momentum kernels get an extra factor f/(2 − f), f = friction (their
+    exact OU refresh injects √(f(2 − f)) of fresh noise per step, so the same minibatch noise heats them
+    (2 − f)/f times more
     than SGLD; measured: SGHMC at SGLD's ε gave λ̂ = 9.4 where NUTS gave 3.8).
     Returns (caps, top curvature in the metric).
     """
@@ -160,7 +162,8 @@ def caps_from_statistics(
     if not kernel.full_batch and total_noise > 0 and math.isfinite(total_noise):
         cap = 4.0 * noise_fraction * sum_precond / total_noise
         if kernel.proposal == "probe":
-            cap *= 0.5 * float(kernel.params["friction"])
+            friction = float(kernel.params["friction"])
+            cap *= friction / (2.0 - friction)
         caps["gradient_noise"] = cap
     return caps
 
@@ -283,14 +286,12 @@ def heating_per_chain(
     """(first-order heating of λ̂, λ̂) per chain from one window's records (seam 5):
 
     heat = (ε/8)·(mean laplacian + ν·mean grad_noise), ν = 1 for SGLD-type kernels and
-    2/friction for momentum kernels (they refresh a fraction ``friction`` of their momentum per step,
-    so the same gradient noise heats them 2/friction times more; ``accuracy_caps``);
+    the kernel's noise factor (``estimators.bias.noise_factor``: (2 − f)/f for SGHMC, 0 for SGNHT,
+    whose thermostat absorbs gradient noise);
     λ̂ = nβ_c·mean(L_B(w_t) − L_B(w*)) over the window's second half.
     """
     lam = _window_llc(rec, nbeta)
-    nu = 1.0
-    if kernel.proposal != "langevin" and "friction" in kernel.params:
-        nu = 2.0 / float(kernel.params["friction"])
+    nu = noise_factor(kernel.name, kernel.params)
     lap = np.nanmean(_host(rec.laplacian), axis=1)
     noise = np.nanmean(_host(rec.grad_noise), axis=1)
     return step_size / 8.0 * (lap + nu * noise), lam
@@ -527,7 +528,7 @@ def warn_minibatch_heating(tree: Any, limit: float = 0.05) -> float:
         return math.nan
     eps = float(tree.attrs["step_size"])
     params = json.loads(tree.attrs.get("kernel_params", "{}"))
-    nu = 2.0 / float(params["friction"]) if "friction" in params else 1.0
+    nu = noise_factor(str(tree.attrs.get("kernel", "")), params)
     noise = float(np.nanmean(stats["grad_noise"].values))
     factors = stats["temperature"].values if "temperature" in stats.dims else np.ones(1)
     diff = (stats["loss"] - stats["loss_center"]).values

@@ -271,22 +271,25 @@ class TorchSegmentRunner:
         return TorchChainState(kernel_state, torch.where(healthy & ~good, t, state.diverged_at))
 
     def _acceptance(
-        self, w: Tensor, info: StepInfo, new_ks: Any, vg: Callable, streams: _Streams,
-        step_size: float, diagnose: bool,
+        self, old_ks: Any, info: StepInfo, new_ks: Any, vg: Callable, step_size: float,
+        diagnose: bool,
     ) -> Tensor:  # fmt: skip
+        """The acceptance record: the kernel's own (MALA), or on diagnostic draws the log
+        acceptance of the actual move — scored by the kernel (``score``, momentum kernels) or as a
+        Langevin proposal (Furman & Lau 2024, App. D) — clipped to [0, 1]; NaN otherwise."""
         kernel = self.kernel
         if kernel.proposal == "metropolis":
             return info.acceptance
         if not diagnose:
             return torch.full_like(info.potential, float("nan"))
-        if kernel.proposal == "langevin":
-            w_new = new_ks.position
-        else:  # momentum kernels: a Langevin probe of the same ε from w
-            w_new = w - 0.5 * step_size * info.grad + step_size**0.5 * streams.noise.normal(w)
-        u_new, _, g_new = vg(w_new)
-        log_a = mala_log_acceptance(
-            w, info.potential, info.grad, w_new, u_new, g_new, step_size, info.precond
-        )
+        if kernel.score is not None:  # the kernel scores its own move (momentum kernels)
+            log_a = kernel.score(vg, old_ks, new_ks, info, step_size)
+        else:  # the step is a Langevin proposal: score it as MALA would
+            w, w_new = old_ks.position, new_ks.position
+            u_new, _, g_new = vg(w_new)
+            log_a = mala_log_acceptance(
+                w, info.potential, info.grad, w_new, u_new, g_new, step_size, info.precond
+            )
         return torch.where(torch.isnan(log_a), 0.0, torch.exp(torch.clamp(log_a, max=0.0)))
 
     def heating(
@@ -334,7 +337,7 @@ class TorchSegmentRunner:
         else:
             loss, loss_center = info.loss, post.loss_fn(post.center, batch).expand(w.shape[0])
         diagnose = i % diag_every == 0
-        acceptance = self._acceptance(w, info, new_ks, vg, streams, step_size, diagnose)
+        acceptance = self._acceptance(state.kernel_state, info, new_ks, vg, step_size, diagnose)
         if diagnose and self.kernel.proposal != "metropolis":  # exact kernels: no heating
             laplacian, grad_noise = self.heating(w, info.precond, batch, per_chain, streams.noise)
         else:
