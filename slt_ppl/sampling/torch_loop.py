@@ -134,8 +134,11 @@ class TorchSegmentRunner:
             return post.nbeta * (1.0 if factor is None else factor) * post.loss_fn(w, batch)
 
         def hvp(w: Tensor, v: Tensor, batch: Mapping[str, Tensor], factor: Any) -> Tensor:
+            # reverse over reverse: ∇⟨∇f, v⟩ = ∇²f·v; measured 2× faster than torch.func.jvp of
+            # grad (forward over reverse) on the 10k DLN (31 vs 64 ms for 8 chains; a gradient
+            # takes 30 ms)
             grad = torch.func.grad(scaled_loss)
-            return torch.func.jvp(lambda u: grad(u, batch, factor), (w,), (v,))[1]
+            return torch.func.grad(lambda u: torch.dot(grad(u, batch, factor), v))(w)
 
         vg_one = torch.func.grad_and_value(potential, has_aux=True)
         grad_one = torch.func.grad(scaled_loss)
