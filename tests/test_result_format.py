@@ -14,7 +14,7 @@ from models import numpyro_zoo as zoo
 def test_result_structure_roundtrips_netcdf(tmp_path):
     model, p = zoo.linear_regression(d=3, n=300)
     post = slt_ppl.localize(model, p.data, p.center)
-    res = slt_ppl.sample(post, kernel="sgld", num_chains=2, num_draws=50, num_burnin=20,
+    res = slt_ppl.sample(post, kernel="sgld", thin=1, num_chains=2, num_draws=50, num_burnin=20,
                          keep_draws=True, step_size=1e-4, progress=False)  # fmt: skip
     stats = res["sample_stats"]
     for name in ("loss", "loss_center", "acceptance", "grad_norm", "distance"):

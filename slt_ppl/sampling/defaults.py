@@ -81,12 +81,15 @@ def _median_precond(kernel_state: Any) -> float:
     """Median diagonal preconditioner G of RMSprop-type chain states (1 for others)."""
     import numpy as np
 
-    pre = getattr(kernel_state, "precond_state", None)
+    pre = getattr(kernel_state, "precond_state", kernel_state)  # JAX nests it; torch does not
     v = getattr(pre, "second_moment", None)
     count = getattr(pre, "count", None)
     if v is None or count is None:
         return 1.0
+    v, count = (x.detach().cpu().numpy() if hasattr(x, "detach") else x for x in (v, count))
     v = np.asarray(v, np.float64)
+    if v.size == 0:  # torch's plain SGLD keeps an empty second moment
+        return 1.0
     c = np.maximum(np.asarray(count, np.float64), 1.0).reshape(-1, *([1] * (v.ndim - 1)))
     g = 1.0 / (np.sqrt(v / (1.0 - 0.99**c)) + 1e-5)
     return float(np.median(g))

@@ -541,6 +541,6 @@ def warn_minibatch_heating(tree: Any, limit: float = 0.05) -> float:
             f"estimate (ε/8)·tr Σ_B = {eps / 8.0 * nu * noise:.3g} vs λ̂ ≈ {lam:.3g}); use a larger "
             "batch_size or a smaller step_size, or step_size='auto'",
             HealthWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     return rel
