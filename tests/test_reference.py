@@ -80,10 +80,9 @@ def test_quadrature_matches_gaussian_closed_form_with_two_temperatures(gaussian_
     assert ds.attrs["method"] == "quadrature" and ds.attrs["converged"] == 1
 
 
-def test_nuts_matches_gaussian_closed_form():
-    loss, data, center, noise = gaussian_problem(3, 200, seed=1)
-    post = slt_ppl.localize(loss, data, center, gamma=0.7, backend="jax")
-    ds = exact_llc(post, "auto", num_draws=600, num_burnin=300)
+def test_nuts_matches_gaussian_closed_form(gaussian_2d):
+    post, noise = gaussian_2d
+    ds = exact_llc(post, "nuts", num_draws=500, num_burnin=300)
     assert ds.attrs["method"] == "nuts" and ds.attrs["converged"] == 1
     truth = closed_form(post, noise)
     assert abs(float(ds["llc"]) - truth) <= 4 * float(ds["llc_se"]), (float(ds["llc"]), truth)
@@ -92,7 +91,7 @@ def test_nuts_matches_gaussian_closed_form():
 
 @pytest.fixture(scope="module")
 def crossing():
-    model, problem = zoo.normal_crossing(powers=(1, 2), n=400, seed=3, noise=0.25, x_std=2.0)
+    model, problem = zoo.normal_crossing(powers=(1, 2), n=200, seed=3, noise=0.25, x_std=2.0)
     return slt_ppl.localize(model, problem.data, problem.center), problem
 
 
@@ -108,11 +107,21 @@ def test_quadrature_matches_the_one_dimensional_crossing_integral(crossing):
     assert float(ds["llc"]) == pytest.approx(truth, rel=1e-8)
 
 
-def test_nuts_and_quadrature_agree_on_a_crossing(crossing):
-    post, _ = crossing
+def test_nuts_and_quadrature_agree_on_a_crossing():
+    """NUTS vs quadrature on y = x·w1·w2² + noise at w* = 0, strongly localized (γ = 20, n = 100):
+    γ holds w2 within ≈ 0.5, where the valley around w1 = 0 is wide enough for NUTS (measured:
+    z = −1.1 and −0.8 at seeds 0 and 1, no divergent transitions).
+
+    At the default γ NUTS is *not* a reliable reference for crossings: the valley narrows like
+    1/(√a·w2²) far out (a funnel), NUTS under-visits it and comes out low (n = 400, default γ,
+    4 × 4000 draws at target_accept 0.99: 0.1423 ± 0.0061 and 0.1248 ± 0.0055 for the exact
+    0.1451, i.e. −0.5 and −3.7 se), and every such run had 37–154 divergent transitions, which
+    ``exact_llc`` reports as not converged. Hence quadrature for d ≤ 2."""
+    model, problem = zoo.normal_crossing(powers=(1, 2), n=100, seed=3, noise=0.25, x_std=2.0)
+    post = slt_ppl.localize(model, problem.data, problem.center, gamma=20.0)
     quad = exact_llc(post, "quadrature")
-    nuts = exact_llc(post, "nuts", num_draws=1000, num_burnin=500, strict=False)
-    assert nuts.attrs["converged"] == 1, nuts.attrs["problems"]
+    nuts = exact_llc(post, "nuts", num_draws=800, num_burnin=400, target_accept=0.99)
+    assert nuts.attrs["converged"] == 1  # strict=True would have raised otherwise
     combined = math.hypot(float(nuts["llc_se"]), float(quad["llc_se"]))
     assert abs(float(nuts["llc"]) - float(quad["llc"])) <= 4 * combined
 
@@ -122,7 +131,7 @@ def test_torch_posterior_quadrature_matches_jax(crossing):
     from models import pyro_zoo
 
     post, problem = crossing
-    model, _ = pyro_zoo.normal_crossing(powers=(1, 2), n=400, seed=3, noise=0.25, x_std=2.0)
+    model, _ = pyro_zoo.normal_crossing(powers=(1, 2), n=200, seed=3, noise=0.25, x_std=2.0)
     tpost = slt_ppl.localize(
         model, {k: torch.as_tensor(v) for k, v in problem.data.items()},
         {k: torch.as_tensor(v) for k, v in problem.center.items()}, gamma=post.gamma,
@@ -134,9 +143,10 @@ def test_torch_posterior_quadrature_matches_jax(crossing):
 
 
 def test_two_temperature_formula():
-    # λ_f = λ + c/f (an O(1) term falling with β) is cancelled exactly: λ̂₂ = λ
-    lam, c = 3.0, -1.2
-    value, se = two_temperature((1.0, 2.0), (lam + c, lam + c / 2), (0.1, 0.2))
+    # E_f[nL_n] − nL_n(w*) = λ/(fβ) + c (an O(1) term) gives λ_f = fβ·(…) = λ + cβ·f, which the
+    # two-temperature estimator cancels exactly: λ̂₂ = λ (c < 0: λ_1 below λ, λ_2 further below)
+    lam, cb = 3.0, -0.6
+    value, se = two_temperature((1.0, 2.0), (lam + cb, lam + 2 * cb), (0.1, 0.2))
     assert value == pytest.approx(lam)
     assert se == pytest.approx(math.hypot(0.1, 0.1) / 0.5)
 
@@ -159,19 +169,18 @@ def test_error_paths(gaussian_2d, crossing):
     with pytest.raises(SettingError, match="num_chains"):
         exact_llc(post3, "nuts", num_chains=1)
     # γ = 0 at a crossing: the w1 integral at fixed w2 falls like 1/|w2|, the posterior is improper
-    cross, _ = crossing
+    model, problem = zoo.normal_crossing(powers=(1, 1), n=20, seed=0)
+    improper = slt_ppl.localize(model, problem.data, problem.center, gamma=0.0)
     with pytest.raises(SettingError, match="does not decay"):
-        exact_llc(cross.replace(gamma=0.0))
+        exact_llc(improper)
 
 
-def test_unconverged_nuts_raises_or_flags(crossing):
+def test_unconverged_nuts_raises(crossing):
     post, _ = crossing
     # two chains of 100 draws with one leapfrog step per tree cannot reach ESS 400
     kwargs = {"num_chains": 2, "num_draws": 100, "num_burnin": 100, "max_tree_depth": 1}
-    with pytest.raises(ReferenceConvergenceError, match="ESS"):
+    with pytest.raises(ReferenceConvergenceError, match=r"ESS .* < 400"):
         exact_llc(post, "nuts", **kwargs)
-    flagged = exact_llc(post, "nuts", strict=False, **kwargs)
-    assert flagged.attrs["converged"] == 0 and "ESS" in flagged.attrs["problems"]
 
 
 def test_compare_against_exact(gaussian_2d):
