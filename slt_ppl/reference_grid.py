@@ -24,7 +24,8 @@ of the total (for any temperature factor), R doubles (so an energy that is negat
 value on the grid is compared with the value on every second point (spacing 2·dt, no new
 evaluations); while they differ by more than the tolerance, dt halves. For a geometrically
 converging rule the error of the fine value is far below that difference, so the difference is
-reported as a (conservative) numerical error estimate, plus the edge-shell weight times max|f·E|.
+reported as a (conservative) numerical error estimate, plus what the edge shell contributes to λ_f
+(a bound on what the next shell out would add, the weights decaying outward).
 
 Everything is evaluated in float64 (JAX's ``enable_x64`` context; torch tensors cast), so the
 cancellation in L_n(w) − L_n(w*) costs nothing (in float32 it would add ~nβ·1e-7 per point).
@@ -52,7 +53,7 @@ class GridValue:
     """λ_f for every factor, the numerical error estimate, and the final grid."""
 
     llc: np.ndarray  # (num_factors,)
-    error: np.ndarray  # (num_factors,) |fine − coarse| + edge weight·max|f·E|
+    error: np.ndarray  # (num_factors,) |fine − coarse| + the edge shell's contribution
     converged: bool
     box: float  # R
     inner_scale: float  # s
@@ -142,8 +143,10 @@ def grid_llc(
         coarse, _ = _values(
             energy[coarse_idx], log_jac[coarse_idx], dist2[coarse_idx], gamma, factors
         )
-        finite_e = energy[np.isfinite(energy)]
-        tail = edge * float(np.max(np.abs(factors[:, None] * finite_e[None, :])))
+        # what the outer shell adds to each λ_f: a bound on what a further shell would add
+        e_abs = np.abs(np.where(np.isfinite(energy), energy, 0.0))[outer]
+        tail = np.asarray([f * np.sum(w[outer] * e_abs) + w[outer].sum() * abs(v)
+                           for f, w, v in zip(factors, weights, llc, strict=True)])  # fmt: skip
         error = np.abs(llc - coarse) + tail
         done = np.all(np.abs(llc - coarse) <= np.maximum(abs_tol, rel_tol * np.abs(llc)))
         next_points = (2 * t.size - 1) ** d

@@ -10,7 +10,8 @@ of Monte Carlo error plus 5 % for the O(ε) bias an SG chain is allowed) and its
 Plus, with ``temperatures=(1, 2)`` (default kernel), the two-temperature estimator
 λ̂₂ = (E_β[nL] − E_2β[nL])/(1/β − 1/(2β)) (Watanabe 2013) within 10 % of the closed-form λ on every
 RRR, DLN and crossing case at n ≥ 5000: the single-temperature λ̂ sits 10–35 % below λ at these n
-(reference section 8), λ̂₂ cancels that O(1) term.
+(reference section 8), λ̂₂ cancels that O(1) term. A case counts only where the exact λ₂ of the
+same posterior meets the 10 % itself (:func:`_target_meets_two_temperature`).
 
 Settings and why (n, γ per case):
 - RRR y = B·A·x (Aoyagi & Watanabe 2005) at n = 5000 for every rank 0..3 of four shapes, centered
@@ -218,6 +219,10 @@ def singular_suite(
         ref = reference(case, ref_post, mode, seed)
         checks_two = case.family in ("rrr", "dln", "crossing") and post.n >= TWO_TEMPERATURE_MIN_N
         two = run_two_temperature(post, lam, seed, progress) if checks_two else {}
+        if two and not _target_meets_two_temperature(ref["exact_two_temperature"], lam):
+            off = ref["exact_two_temperature"] / lam - 1
+            two.update(llc2_passed=-1, llc2_skipped=f"not counted: the exact λ₂ of this posterior "
+                       f"is itself {off:+.0%} from theory")  # fmt: skip
         if two.get("llc2_skipped") and two.get("llc2_passed", -1) == -1:
             skipped.add(two["llc2_skipped"])
         for kernel in kernels:
@@ -233,6 +238,15 @@ def singular_suite(
             if log:
                 log(_line(row))
     return _finish(rows, mode, list(kernels), skipped, time.perf_counter() - t0)
+
+
+def _target_meets_two_temperature(exact_two: float, theory: float) -> bool:
+    """Whether the posterior's own two-temperature value (exact) is within 10 % of theory; unknown
+    (NaN: no exact λ₂ computed, quick NUTS cases) counts as yes. Measured at n = 5000 (full mode):
+    the crossings with m = 2 (w1²w2², w1⁴w2⁴, w1⁶w2⁶) have exact λ₂ 13–33 % below λ (their
+    log log n term is not cancelled by two temperatures), and w2⁴ alone (w1 free) 18 % below (this
+    data set's Σxy ≠ 0); no sampler can be asked to do better than the exact value."""
+    return not np.isfinite(exact_two) or abs(exact_two - theory) <= TWO_TEMPERATURE_REL * theory
 
 
 def _two_columns(two: dict[str, Any]) -> dict[str, Any]:
