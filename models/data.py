@@ -54,9 +54,20 @@ def make_dln(
     seed: int = 0,
     input_range: float = 10.0,
     noise: float = 1.0,
+    center: str = "random",
 ) -> Problem:
     """Deep linear network y = W_M⋯W_1·x + N(0, noise²), x ~ U[−input_range, input_range]^{H_0}
-    (Furman & Lau 2024, App. E.1), centered at the true weights; λ from Aoyagi's formula."""
+    (Furman & Lau 2024, App. E.1), centered at the true weights; λ from Aoyagi's formula.
+
+    ``center="random"``: the random factors that generated the data (:func:`dln_weights`; at rank
+    r < min(widths) only the first layer is projected, so the other layers keep full rank);
+    ``center="minimal"``: the same product factored through r dimensions with every other hidden
+    unit zero (:func:`minimal_factors`; A = B = 0 at r = 0). Aoyagi's λ is the global coefficient,
+    the minimum of the local λ over the true set; it is attained at the minimal factorization, while
+    the random one can sit higher (reference section 4: RRR 2-2-2, r = 0 has 3/2 at A = B = 0 but 2
+    at (A, B) = (I, 0))."""
+    if center not in ("random", "minimal"):
+        raise ValueError(f"center must be 'random' or 'minimal', got {center!r}")
     widths = list(widths)
     rank = min(widths) if rank is None else rank
     rng = np.random.default_rng(seed)
@@ -67,13 +78,43 @@ def make_dln(
         f = f @ w.T
     y = f + noise * rng.normal(size=f.shape)
     lam, _ = theory.deep_linear_network(widths, rank)
+    if center == "minimal":
+        product = weights[0]
+        for w in weights[1:]:
+            product = w @ product
+        weights = minimal_factors(product, widths, rank)
     return Problem(
-        name=f"dln_{'x'.join(map(str, widths))}_r{rank}",
+        name=f"dln_{'x'.join(map(str, widths))}_r{rank}" + ("_min" if center == "minimal" else ""),
         data={"x": x.astype(np.float32), "y": y.astype(np.float32)},
         center={f"w{i}": w.astype(np.float32) for i, w in enumerate(weights)},
         theory_lambda=lam,
-        settings={"widths": widths, "rank": rank, "noise": noise, "n": n, "seed": seed},
+        settings={
+            "widths": widths,
+            "rank": rank,
+            "noise": noise,
+            "n": n,
+            "seed": seed,
+            "center": center,
+        },
     )
+
+
+def minimal_factors(product: np.ndarray, widths: list[int], rank: int) -> list[np.ndarray]:
+    """W_1..W_M with W_M⋯W_1 = ``product`` (rank r) that pass only through the first r units of
+    every hidden layer: with product = U·S·Vᵀ (top r singular triplets), W_1 = E_1·S^{1/M}·V_rᵀ,
+    W_l = E_l·S^{1/M}·E_{l−1}ᵀ, W_M = U_r·S^{1/M}·E_{M−1}ᵀ, E_l the first r columns of I_{H_l}.
+    Every other weight is zero (all zero at r = 0)."""
+    depth = len(widths) - 1
+    u, s, vt = np.linalg.svd(product)
+    root = np.diag(s[:rank] ** (1.0 / depth))
+    weights = []
+    for i in range(depth):
+        w = np.zeros((widths[i + 1], widths[i]))
+        left = u[:, :rank] if i == depth - 1 else np.eye(widths[i + 1])[:, :rank]
+        right = vt[:rank] if i == 0 else np.eye(widths[i])[:rank]
+        w[:, :] = left @ root @ right
+        weights.append(w)
+    return weights
 
 
 def make_rrr(m: int = 3, h: int = 2, n_out: int = 3, rank: int = 1, **kwargs: Any) -> Problem:
@@ -125,18 +166,25 @@ def make_linear_regression(
 
 
 def make_normal_crossing(
-    powers: tuple[int, ...] = (1, 2), n: int = 5_000, seed: int = 0, noise: float = 1.0
+    powers: tuple[int, ...] = (1, 2),
+    n: int = 5_000,
+    seed: int = 0,
+    noise: float = 1.0,
+    x_std: float = 1.0,
 ) -> Problem:
-    """y = x·Π w_i^{p_i} + N(0, noise²) with true w = 0: K ∝ Π w_i^{2p_i}, λ = 1/(2·max p_i)."""
+    """y = x·Π w_i^{p_i} + N(0, noise²), x ~ N(0, x_std²), with true w = 0: K ∝ Π w_i^{2p_i},
+    λ = 1/(2·max p_i) (a power 0 leaves w_i free: it adds nothing to λ).
+
+    devinterp's test data (its sampler accuracy test): n = 1000, noise = 0.25, x_std = 2."""
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=n)
+    x = x_std * rng.normal(size=n)
     y = noise * rng.normal(size=n)
     return Problem(
         name="normal_crossing_" + "_".join(map(str, powers)),
         data={"x": x.astype(np.float32), "y": y.astype(np.float32)},
         center={"w": np.zeros(len(powers), np.float32)},
         theory_lambda=theory.normal_crossing(powers),
-        settings={"powers": list(powers), "n": n, "seed": seed, "noise": noise},
+        settings={"powers": list(powers), "n": n, "seed": seed, "noise": noise, "x_std": x_std},
     )
 
 
@@ -180,4 +228,26 @@ def make_relu_regression(
         center={k: v.astype(np.float32) for k, v in params.items()},
         theory_lambda=None,
         settings={"widths": widths, "n": n, "seed": seed, "noise": noise},
+    )
+
+
+def make_tanh_zero(
+    hidden: int = 3, n: int = 5_000, seed: int = 0, noise: float = 1.0, x_std: float = 1.0
+) -> Problem:
+    """One-hidden-layer tanh network y = Σ_k a_k·tanh(b_k·x) + N(0, noise²) (one input, one output,
+    no biases) with true function 0 (y is pure noise), centered at a = b = 0 (d = 2·hidden).
+
+    λ at 0: for hidden = 1, K(a, b) = a²·E[tanh(bx)²]/(2σ²) = a²·b²·E[x²]·(1 + O(b²))/(2σ²) is
+    locally the normal crossing a²b², so λ = 1/2 (m = 2). For hidden ≥ 2 a closed form is due to
+    Aoyagi (three-layer perceptrons, Vandermonde-type singularities); we could not check its
+    statement here, so theory_lambda is None (NaN in tables) and the exact reference is the test."""
+    rng = np.random.default_rng(seed)
+    x = x_std * rng.normal(size=(n, 1))
+    y = noise * rng.normal(size=(n, 1))
+    return Problem(
+        name=f"tanh_h{hidden}_zero",
+        data={"x": x.astype(np.float32), "y": y.astype(np.float32)},
+        center={"a": np.zeros(hidden, np.float32), "b": np.zeros(hidden, np.float32)},
+        theory_lambda=Fraction(1, 2) if hidden == 1 else None,
+        settings={"hidden": hidden, "n": n, "seed": seed, "noise": noise, "x_std": x_std},
     )

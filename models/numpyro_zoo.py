@@ -46,6 +46,15 @@ def normal_crossing_model(
         numpyro.sample("y", dist.Normal(x * coef, noise), obs=y)
 
 
+def tanh_model(x: jnp.ndarray, y: jnp.ndarray | None = None, *, hidden: int, noise: float = 1.0):
+    """y ~ N(Σ_k a_k·tanh(b_k·x), noise²) with one input and one output, a, b ~ N(0, I_hidden)."""
+    a = numpyro.sample("a", dist.Normal(0.0, 1.0).expand([hidden]).to_event(1))
+    b = numpyro.sample("b", dist.Normal(0.0, 1.0).expand([hidden]).to_event(1))
+    f = jnp.tanh(x * b) @ a  # x: (n, 1) → (n, hidden) → (n,)
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("y", dist.Normal(f[:, None], noise).to_event(1), obs=y)
+
+
 def relu_mlp_model(
     x: jnp.ndarray, y: jnp.ndarray | None = None, *, widths: tuple[int, ...], noise: float = 1.0
 ):
@@ -94,10 +103,17 @@ def relu_mlp(**kwargs: Any) -> tuple[Callable, Problem]:
     return partial(relu_mlp_model, widths=tuple(s["widths"]), noise=s["noise"]), problem
 
 
+def tanh_zero(**kwargs: Any) -> tuple[Callable, Problem]:
+    problem = zoo.make_tanh_zero(**kwargs)
+    s = problem.settings
+    return partial(tanh_model, hidden=s["hidden"], noise=s["noise"]), problem
+
+
 PROBLEMS: dict[str, Callable[..., tuple[Callable, Problem]]] = {
     "dln": dln,
     "rrr": rrr,
     "linear_regression": linear_regression,
     "normal_crossing": normal_crossing,
     "relu_mlp": relu_mlp,
+    "tanh_zero": tanh_zero,
 }

@@ -16,9 +16,12 @@ def regular(d: int) -> Fraction:
 
 
 def normal_crossing(powers: Sequence[int]) -> Fraction:
-    """Regression y = x·Π w_i^{p_i} + noise at w* = 0: K ∝ Π w_i^{2p_i}, λ = 1/(2·max p_i)."""
-    if not powers or min(powers) < 1:
-        raise ValueError("powers must be positive integers")
+    """Regression y = x·Π w_i^{p_i} + noise at w* = 0: K ∝ Π w_i^{2p_i}, λ = 1/(2·max p_i).
+
+    A power 0 leaves its w_i out of K (a free direction, held only by the prior or the
+    localization), which adds nothing to λ."""
+    if not powers or min(powers) < 0 or max(powers) < 1:
+        raise ValueError("powers must be non-negative integers, at least one positive")
     return Fraction(1, 2 * max(powers))
 
 

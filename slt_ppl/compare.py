@@ -9,6 +9,9 @@ Rosenthal 1998) when
 
 with se the Monte Carlo standard errors (nβ × ArviZ MCSE of the mean loss difference). Furman & Lau
 (2024, Section 4.1) use this comparison to validate SGLD against MALA.
+
+``reference="exact"`` checks every kernel against :func:`slt_ppl.reference.exact_llc` instead (NUTS
+or quadrature on the same full-batch posterior; se_ref is its MCSE or numerical error).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def compare(
     *,
     z: float = AGREEMENT_Z,
     kernel_options: dict[str, dict[str, Any]] | None = None,
+    reference_options: dict[str, Any] | None = None,
     **sample_kwargs: Any,
 ) -> xr.Dataset:
     """Sample ``posterior`` with each kernel and compare the LLC estimates.
@@ -49,9 +53,13 @@ def compare(
         posterior: from :func:`slt_ppl.localize`.
         kernels: kernel names or :class:`~slt_ppl.kernels.Kernel` objects (named by
         ``kernel.name``). reference: the name of the kernel the others are checked against (must be
-            in ``kernels``); ``None`` skips the agreement check.
+            in ``kernels``); ``"exact"``: the exact value of the same posterior
+            (:func:`slt_ppl.reference.exact_llc`, called with ``reference_options``); ``None``
+            skips the agreement check.
         z: agreement threshold in combined standard errors (default 3).
         kernel_options: per-kernel ``kernel_options`` for :func:`slt_ppl.sample`, keyed by name.
+        reference_options: keyword arguments of ``exact_llc`` (``method``, ``num_draws``, ...) for
+            ``reference="exact"``.
         **sample_kwargs: passed to every :func:`slt_ppl.sample` call (``num_chains``, ``num_draws``,
             ``seed``, ``step_size``, ...). ``batch_size`` is dropped for full-batch kernels.
 
@@ -60,15 +68,21 @@ def compare(
         ``verdict``, ``rhat``, ``ess``, ``acceptance``, ``step_size``, ``wall_time_s`` (sampling
         plus estimation), ``diverged`` (every chain diverged: the estimate is NaN), ``difference``
         (λ̂ − λ̂_ref), ``combined_se`` (√(se² + se_ref²)) and ``agrees_with_reference``;
-        attrs record the posterior (n, nβ, γ, d), the reference and z.
+        attrs record the posterior (n, nβ, γ, d), the reference and z; with
+        ``reference="exact"`` also ``reference_llc``, ``reference_llc_se``, ``reference_method``
+        and ``reference_converged``.
     """
     names = [_kernel_name(k) for k in kernels]
     if not names:
         raise SettingError("compare needs at least one kernel")
     if len(set(names)) != len(names):
         raise SettingError(f"kernel names must be unique, got {names}")
-    if reference is not None and reference not in names:
-        raise SettingError(f"reference kernel {reference!r} is not among the kernels {names}")
+    if reference not in (None, "exact") and reference not in names:
+        raise SettingError(
+            f"reference {reference!r} is neither 'exact' nor among the kernels {names}"
+        )
+    if reference_options and reference != "exact":
+        raise SettingError("reference_options apply only to reference='exact'")
     if "kernel" in sample_kwargs or "kernel_options" in sample_kwargs:
         raise SettingError("pass kernels through the 'kernels' and 'kernel_options' arguments")
     options = kernel_options or {}
@@ -117,8 +131,18 @@ def compare(
         },
         coords={"kernel": names},
     )
-    if reference is not None:
+    if reference == "exact":
+        from slt_ppl.reference import exact_llc
+
+        exact = exact_llc(posterior, **(reference_options or {}))
+        ref = exact[["llc", "llc_se"]]
+        ds.attrs.update({"reference_llc": float(exact["llc"]),
+                         "reference_llc_se": float(exact["llc_se"]),
+                         "reference_method": exact.attrs["method"],
+                         "reference_converged": exact.attrs["converged"]})  # fmt: skip
+    elif reference is not None:
         ref = ds.sel(kernel=reference)
+    if reference is not None:
         ds["difference"] = ds["llc"] - ref["llc"]
         ds["combined_se"] = np.sqrt(ds["llc_se"] ** 2 + ref["llc_se"] ** 2)
         ds["agrees_with_reference"] = np.abs(ds["difference"]) <= z * ds["combined_se"]

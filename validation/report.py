@@ -276,6 +276,10 @@ def write_report(
                   "", f"Settings: `{ds.attrs['settings']}`", ""]  # fmt: skip
         if name == "sgld_vs_mala":
             lines.append(_mala_table(ds))
+        elif name == "singular":
+            from validation.singular import markdown_table
+
+            lines.append(markdown_table(ds))
         elif name in TABLES:
             dim, cols = TABLES[name]
             lines.append(table(ds, dim, cols))
