@@ -1,7 +1,8 @@
 """slt_ppl: singular-learning-theory estimators for NumPyro and Pyro models.
 
 Public names (one per idea): :func:`localize`, :func:`sample`, :func:`llc`, :func:`wbic`,
-:func:`two_scale_ed`, :func:`effective_dimension`, :func:`spectral`, :func:`compare`.
+:func:`two_scale_ed`, :func:`effective_dimension`, :func:`spectral`, :func:`compare`,
+:func:`exact_llc` (the exact reference of a small posterior).
 Heavy submodules are imported lazily so ``import slt_ppl`` stays fast and torch stays optional.
 """
 
@@ -35,6 +36,7 @@ _LAZY = {
     "llc": ("slt_ppl.estimators.llc", "llc"),
     "wbic": ("slt_ppl.estimators.wbic", "wbic"),
     "compare": ("slt_ppl.compare", "compare"),
+    "exact_llc": ("slt_ppl.reference", "exact_llc"),
     "diagnose": ("slt_ppl.diagnostics", "diagnose"),
     "two_scale_ed": ("slt_ppl.estimators.effective_dimension", "two_scale_ed"),
     "effective_dimension": ("slt_ppl.estimators.effective_dimension", "effective_dimension"),

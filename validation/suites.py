@@ -901,7 +901,18 @@ def model_with_widths(model: Callable[..., Any], widths: tuple[int, ...]) -> Cal
     return partial(model, widths=tuple(widths))
 
 
+def singular(
+    mode: str, progress: bool = False, log: Callable[[str], None] | None = None
+) -> xr.Dataset:
+    """The singular-center suite (``validation.singular``): λ̂ against the exact value of the same
+    posterior at the library's automatic settings."""
+    from validation.singular import singular_suite  # imports this module: no import at the top
+
+    return singular_suite(mode, progress=progress)
+
+
 SUITES: dict[str, Callable[..., xr.Dataset]] = {
+    "singular": singular,
     "dln_sweep": dln_sweep,
     "sgld_vs_mala": sgld_vs_mala,
     "closed_forms": closed_forms,
