@@ -47,6 +47,7 @@ def auto_thin(
     num_chains: int,
     num_draws: int,
     kernel_state: Any = None,
+    max_steps: int = MAX_STEPS,
 ) -> tuple[int, str]:
     """Steps per recorded draw so that the draws span ``RELAXATIONS`` relaxation times of the slowest
     mode, within ``WORK_BUDGET``; returns (thin, reason).
@@ -70,7 +71,7 @@ def auto_thin(
     else:
         tau = 2.0 / (eps * gamma)
     cost = float(batch_size) * float(posterior.dim) * float(num_chains)
-    thin_max = max(1, int(min(WORK_BUDGET / cost, MAX_STEPS) / (2.0 * num_draws)))
+    thin_max = max(1, int(min(WORK_BUDGET / cost, max_steps) / (2.0 * num_draws)))
     wanted = math.inf if not math.isfinite(tau) else math.ceil(RELAXATIONS * tau / num_draws)
     thin = int(max(1, min(wanted, thin_max)))
     capped = " (capped by the work budget)" if wanted > thin_max else ""

@@ -35,7 +35,7 @@ import xarray as xr
 
 from slt_ppl.errors import SettingError
 from slt_ppl.sampling.checkpoint import checkpoint_path, load_for_resume
-from slt_ppl.sampling.defaults import DEFAULT_BATCH_SIZE, auto_thin, choose_kernel
+from slt_ppl.sampling.defaults import DEFAULT_BATCH_SIZE, MAX_STEPS, auto_thin, choose_kernel
 from slt_ppl.sampling.loop import DrawRecord
 from slt_ppl.sampling.options import RunSettings, check_settings, checkpoint_settings
 from slt_ppl.sampling.recovery import run_with_recovery
@@ -120,7 +120,10 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
         step_size, tuning, tuned = _step_size(backend, posterior, setup, s, tune_keys)
         if tuned is not None:  # the tuner's adaptation windows were burn-in: continue from them
             setup = setup._replace(state=tuned)
-    setup, s, step_size = _run_length(posterior, setup, s, step_size, tuning, tune_keys)
+    setup, s, step_size = _run_length(
+        posterior, setup, s, step_size, tuning, tune_keys,
+        getattr(backend, "max_auto_steps", MAX_STEPS),
+    )  # fmt: skip
     stream = _open_stream(posterior, s, len(setup.chain_index))
     compile_before = setup.runner.stats.get("compile_time_s", 0.0)
     try:
@@ -218,6 +221,7 @@ def _run_length(
     step_size: float,
     tuning: dict[str, Any],
     tune_keys: tuple[Any, Any],
+    max_steps: int = MAX_STEPS,
 ) -> tuple[Setup, RunSettings, float]:
     """Resolve ``thin`` and the default burn-in once ε is known: ``thin=None`` is chosen by
     ``defaults.auto_thin`` (recorded in the tuning record, so a resumed run reuses it); when it
@@ -228,7 +232,7 @@ def _run_length(
         if "thin" not in tuning:
             tuning["thin"], tuning["thin_reason"] = auto_thin(
                 posterior, step_size, setup.batch, len(setup.chain_index), s.num_draws,
-                setup.state.kernel_state,
+                setup.state.kernel_state, max_steps=max_steps,
             )  # fmt: skip
             adapted = tuning.get("windows") or tuning.get("along_chains")
             if tuning["thin"] > 1 and adapted:

@@ -43,6 +43,8 @@ class TorchBackend:
     full_batch_kernels = FULL_BATCH_KERNELS
     external_kernels = PYRO_KERNELS
     caps_fn = staticmethod(torch_stepsize.accuracy_caps)
+    # eager torch steps cost ~1 ms of Python each on a CPU: automatic thinning stops far sooner
+    max_auto_steps = 20_000
 
     def __init__(self) -> None:
         self.device: torch.device | None = None
