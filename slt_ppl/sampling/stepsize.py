@@ -529,7 +529,10 @@ def warn_minibatch_heating(tree: Any, limit: float = 0.05) -> float:
     eps = float(tree.attrs["step_size"])
     params = json.loads(tree.attrs.get("kernel_params", "{}"))
     nu = noise_factor(str(tree.attrs.get("kernel", "")), params)
-    noise = float(np.nanmean(stats["grad_noise"].values))
+    recorded = stats["grad_noise"].values
+    if not np.isfinite(recorded).any():  # no diagnostic draw kept (very short runs): nothing to say
+        return math.nan
+    noise = float(np.nanmean(recorded))
     factors = stats["temperature"].values if "temperature" in stats.dims else np.ones(1)
     diff = (stats["loss"] - stats["loss_center"]).values
     lam = float(tree.attrs["nbeta"]) * float(np.nanmean(diff)) * float(np.mean(factors))
