@@ -13,7 +13,7 @@ from typing import Any
 from slt_ppl.errors import SettingError
 from slt_ppl.posterior import LocalPosterior
 
-BACKENDS = ("numpyro", "jax", "pyro")
+BACKENDS = ("numpyro", "jax", "pyro", "flax", "equinox")
 
 
 def localize(
@@ -24,6 +24,7 @@ def localize(
     nbeta: float | None = None,
     gamma: float | str | None = "auto",
     backend: str | None = None,
+    restrict_to: Any = None,
     **kwargs: Any,
 ) -> LocalPosterior:
     """Build the localized tempered posterior p(w) ∝ exp(−nβ·L_n(w) − γ/2·‖w − w*‖²).
@@ -44,14 +45,44 @@ def localize(
             γ = β·max(1, tr ∇²L_n(w*)/d), see
             :func:`slt_ppl.backends.common.unit_information_gamma`.
         backend: force "numpyro", "jax" or "pyro".
+        restrict_to: sample only some coordinates, the others stay at w* (the weight-refined
+            LLC, Wang et al. 2024, arXiv 2410.02984): a regular expression (``re.fullmatch``
+            against site names), a list of site names, or a dict site → boolean mask of the site's
+            shape (True = sampled). γ="auto" is computed on the sampled coordinates. See
+            :func:`slt_ppl.restrict.restrict` and docs/refined_llc.md.
 
     Returns:
-        A :class:`LocalPosterior` over the flat vector of unconstrained parameters.
+        A :class:`LocalPosterior` over the flat vector of unconstrained parameters (the sampled
+        ones when ``restrict_to`` is given).
     """
-    kind = backend or detect_backend(model, data)
-    if kind in ("numpyro", "jax"):
-        from slt_ppl.preflight import check_center
+    from slt_ppl.preflight import check_center
 
+    kind = backend or detect_backend(model, data)
+    # a restriction computes an automatic γ once, on the sampled coordinates
+    auto_gamma = restrict_to is not None and (gamma is None or gamma == "auto")
+    posterior = _build(
+        kind, model, data, center, nbeta=nbeta, gamma=1.0 if auto_gamma else gamma, **kwargs
+    )
+    if restrict_to is not None:
+        from slt_ppl.restrict import restrict
+
+        posterior = restrict(posterior, restrict_to, gamma="auto" if auto_gamma else None)
+    check_center(posterior)  # JAX backends only; z on the sampled coordinates
+    return posterior
+
+
+def _build(
+    kind: str,
+    model: Callable[..., Any],
+    data: Mapping[str, Any],
+    center: Any,
+    *,
+    nbeta: float | None,
+    gamma: float | str | None,
+    **kwargs: Any,
+) -> LocalPosterior:
+    """The posterior of ``model`` by the backend ``kind``."""
+    if kind in ("numpyro", "jax"):
         if kind == "numpyro":
             from slt_ppl.backends.numpyro_backend import localize_numpyro as build
         else:
@@ -59,11 +90,9 @@ def localize(
         if kwargs:
             raise SettingError(
                 f"unknown keyword argument(s) {sorted(kwargs)} for the {kind} backend; localize "
-                "takes nbeta, gamma and backend"
+                "takes nbeta, gamma, backend and restrict_to"
             )
-        posterior = build(model, data, center, nbeta=nbeta, gamma=gamma)
-        check_center(posterior)
-        return posterior
+        return build(model, data, center, nbeta=nbeta, gamma=gamma)
     if kind == "pyro":
         try:
             from slt_ppl.backends.pyro_backend import localize_pyro
@@ -73,12 +102,55 @@ def localize(
                 'install them with pip install torch==2.13.0 "slt_ppl[torch]"'
             ) from err
         return localize_pyro(model, data, center, nbeta=nbeta, gamma=gamma, **kwargs)
+    if kind in ("flax", "equinox"):
+        return _build_module(kind, model, data, center, nbeta=nbeta, gamma=gamma, **kwargs)
     raise SettingError(f"unknown backend {kind!r}; choose one of {BACKENDS}")
 
 
+def _build_module(
+    kind: str,
+    model: Any,
+    data: Mapping[str, Any],
+    center: Any,
+    *,
+    nbeta: float | None,
+    gamma: float | str | None,
+    loss_fn: Any = None,
+    **options: Any,
+) -> LocalPosterior:
+    """A Flax or Equinox module through :mod:`slt_ppl.backends.flax_backend` (a Linen module's
+    variables may come as ``center``)."""
+    from slt_ppl.backends import flax_backend
+
+    if loss_fn is None:
+        raise SettingError(
+            f"a {kind} module needs loss_fn=: loss_fn(output, batch) -> per-sample losses (b,) or "
+            "(b, T); see slt_ppl.backends.flax_backend"
+        )
+    if kind == "equinox":
+        if center is not None:
+            raise SettingError(
+                "center is taken from the Equinox module's current weights; pass center=None"
+            )
+        return flax_backend.localize_equinox(
+            model, data, loss_fn, nbeta=nbeta, gamma=gamma, **options
+        )
+    if center is not None:  # a Linen module's variables (an NNX module refuses them)
+        if "variables" in options:
+            raise SettingError("pass the Linen variables once: as center or as variables=")
+        options["variables"] = center
+    return flax_backend.localize_flax(model, data, loss_fn, nbeta=nbeta, gamma=gamma, **options)
+
+
 def detect_backend(model: Any, data: Mapping[str, Any]) -> str:
-    """Guess the backend: torch modules and Pyro models → "pyro"; two-argument functions whose
-    parameters are not data keys → "jax"; anything else → "numpyro"."""
+    """Guess the backend: Flax / Equinox modules → "flax" / "equinox"; torch modules and Pyro
+    models → "pyro"; two-argument functions whose parameters are not data keys → "jax"; anything
+    else → "numpyro"."""
+    from slt_ppl.backends.flax_backend import module_framework
+
+    framework = module_framework(model)
+    if framework is not None:
+        return framework
     module = type(model).__module__ if not callable(model) or hasattr(model, "forward") else ""
     if module.startswith("torch") or hasattr(model, "forward"):
         return "pyro"
