@@ -1,8 +1,8 @@
 """Boolean masks for :func:`slt_ppl.restrict.restrict` / ``localize(..., restrict_to=...)``: one
 layer, one attention head, one MLP block.
 
-Every helper takes the site shapes (a posterior, whose ``sites`` are used, or a dict site name →
-shape) and returns a dict site name → boolean array of the site's shape (True = sampled), which
+Every helper takes the site shapes (a posterior, whose ``sites`` are used, a dict site name →
+shape, or a dict site name → array such as ``flax_backend.module_parts(module)[0]``) and returns a dict site name → boolean array of the site's shape (True = sampled), which
 ``restrict_to`` accepts as is; :func:`union` merges several.
 
 Attention heads. A head h of H owns, in each of the query, key and value projections, the output
@@ -210,7 +210,7 @@ def _shapes(sites: Any) -> dict[str, tuple[int, ...]]:
         raise SettingError(
             f"expected a posterior or a dict site name → shape, got {type(sites).__name__}"
         )
-    return {str(k): tuple(int(s) for s in v) for k, v in sites.items()}
+    return {str(k): tuple(int(s) for s in getattr(v, "shape", v)) for k, v in sites.items()}
 
 
 def _under(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> list[str]:
