@@ -62,8 +62,14 @@ def restrict(posterior: Any, restrict_to: Selection, *, gamma: float | str | Non
 
     Raises:
         SettingError: unknown site names, a pattern that matches nothing, a mask of the wrong
-            shape or dtype, a mask on a constrained site, or an empty selection.
+            shape or dtype, a mask on a constrained site, an empty selection, or a posterior that
+            is already restricted.
     """
+    if "full_dim" in posterior.info:
+        raise SettingError(
+            f"the posterior is already restricted ({posterior.info.get('restricted_to')}); "
+            "restrict the full posterior instead (one selection, e.g. a union of masks)"
+        )
     layout = site_layout(posterior)
     flat_mask, per_site, spec = selection_mask(restrict_to, posterior.sites, layout)
     sampled = np.flatnonzero(flat_mask)

@@ -13,6 +13,7 @@ import pytest
 
 import slt_ppl
 from slt_ppl.backends.flax_backend import module_sites
+from slt_ppl.restrict import restrict
 
 nnx = pytest.importorskip("flax.nnx")
 linen = pytest.importorskip("flax.linen")
@@ -182,3 +183,18 @@ def test_module_errors_are_clear(weights):
         slt_ppl.localize(
             nnx_model(weights), data(), loss_fn=lambda out, batch: jnp.sum(out), gamma=1.0
         )
+
+
+@pytest.mark.skipif(
+    "per_sample_loss" not in slt_ppl.LocalPosterior.__dataclass_fields__,
+    reason="seam 1 (per_sample_loss) lands with the observables branch",
+)
+def test_per_sample_loss_is_set_and_follows_the_restriction(weights):
+    post = slt_ppl.localize(nnx_model(weights), data(), loss_fn=gaussian_nll, gamma=10.0)
+    part = restrict(post, ["out.kernel"])
+    batch = {k: jnp.asarray(v[:7]) for k, v in data().items()}
+    for p in (post, part):
+        w = p.center + 0.1
+        rows = p.per_sample_loss(w, batch)
+        assert rows.shape == (7,)
+        np.testing.assert_allclose(jnp.mean(rows), p.loss_fn(w, batch), rtol=1e-6)

@@ -185,6 +185,12 @@ def test_bad_selections_name_the_problem(dln_posterior, selection, message):
     assert message in str(err.value)
 
 
+def test_a_restricted_posterior_is_not_restricted_again(dln_posterior):
+    once = restrict(dln_posterior, ["w1"])
+    with pytest.raises(slt_ppl.SettingError, match="already restricted"):
+        restrict(once, ["w1"])
+
+
 def test_constrained_site_takes_names_not_masks():
     import numpyro
     import numpyro.distributions as dist
