@@ -198,3 +198,19 @@ def test_per_sample_loss_is_set_and_follows_the_restriction(weights):
         rows = p.per_sample_loss(w, batch)
         assert rows.shape == (7,)
         np.testing.assert_allclose(jnp.mean(rows), p.loss_fn(w, batch), rtol=1e-6)
+
+
+def test_per_token_losses_count_rows_and_scale_nbeta(weights):
+    """(b, T) losses: n = rows, L_n = mean over rows and tokens, default nβ = T·n/log n."""
+    rng = np.random.default_rng(1)
+    tokens = {"x": rng.normal(size=(50, 3, 2)).astype(np.float32)}
+    tokens["y"] = rng.normal(size=(50, 3, 1)).astype(np.float32)
+    post = slt_ppl.localize(nnx_model(weights), tokens, loss_fn=gaussian_nll, gamma=1.0)
+    assert post.n == 50 and post.info["tokens_per_row"] == 3
+    assert post.nbeta == pytest.approx(3 * 50 / np.log(50))
+    h = np.tanh(tokens["x"] @ weights["hidden.kernel"] + weights["hidden.bias"])
+    out = h @ weights["out.kernel"] + weights["out.bias"]
+    expected = np.mean(0.5 * np.sum((out - tokens["y"]) ** 2, axis=-1))
+    assert post.info["loss_center_full"] == pytest.approx(expected, rel=1e-5)
+    rows = slt_ppl.localize(nnx_model(weights), data(), loss_fn=gaussian_nll, gamma=1.0)
+    assert rows.info["tokens_per_row"] == 0 and rows.nbeta == pytest.approx(200 / np.log(200))

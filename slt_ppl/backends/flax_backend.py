@@ -7,8 +7,10 @@ inputs. The posterior's loss is the mean of every entry,
 
     L_B(w) = mean_{i ∈ B} ℓ_i(w)          (b rows; (b, T): mean over rows and tokens),
 
-so n counts rows (sequences for token data; every row must then hold T scored tokens, or L_B is
-not the mean per-row NLL divided by T), and nβ = n/log n by default. The parameters are one
+so n counts rows (sequences for token data). The default nβ is n/log n for per-row losses and
+T·n/log n for per-token losses (T tokens per row), so that nβ·L_n = β·Σ_rows NLL(row) with
+β = 1/log n: the convention of the torch ``nn.Module`` path (docs/observables.md); attrs record
+``tokens_per_row`` (0 for per-row losses). The parameters are one
 flat vector; each array of the network is one site named by its path in the parameter tree,
 components joined by dots: ``"layers.0.attn.query.kernel"`` (NNX attribute / list index paths;
 Linen's ``params`` collection without the leading ``"params"``; Equinox field names). These names
@@ -29,12 +31,14 @@ of keys). ``slt_ppl.localize`` detects these modules and forwards ``loss_fn``, `
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from slt_ppl.backends.common import validate_data
 from slt_ppl.backends.jax_loss import localize_loss
 from slt_ppl.errors import CenterError, ModelError, SettingError
 from slt_ppl.posterior import LocalPosterior
@@ -197,12 +201,39 @@ def _localize_parts(
         return jnp.mean(per_sample(params, batch))
 
     mean_loss.__name__ = name
-    posterior = localize_loss(mean_loss, data, center, nbeta=nbeta, gamma=gamma)
-    changes: dict[str, Any] = {"sites": {n: tuple(v.shape) for n, v in center.items()}}
+    arrays, n = validate_data(data)
+    tokens = _tokens_per_row(per_sample, center, arrays)
+    info = {"tokens_per_row": tokens}
+    if nbeta is None and tokens:  # the torch nn.Module convention (docs/observables.md)
+        nbeta = tokens * n / math.log(n)
+        info["nbeta_rule"] = "T*n/log n (n rows of T tokens; docs/observables.md)"
+    posterior = localize_loss(mean_loss, arrays, center, nbeta=nbeta, gamma=gamma)
+    changes: dict[str, Any] = {
+        "sites": {k: tuple(v.shape) for k, v in center.items()},
+        "info": {**posterior.info, **info},
+    }
     if "per_sample_loss" in LocalPosterior.__dataclass_fields__:  # seam 1, after the merge
         unravel = posterior.unravel
         changes["per_sample_loss"] = lambda w, batch: per_sample(unravel(w), batch)
     return posterior.replace(**changes)
+
+
+def _tokens_per_row(
+    per_sample: Callable[..., Any], center: Mapping[str, jax.Array], data: Mapping[str, Any]
+) -> int:
+    """T of per-token losses (b, T), 0 for per-row losses (b,), from the output shape on two
+    rows (``jax.eval_shape``: nothing is computed)."""
+    rows = {k: jnp.asarray(v[:2]) for k, v in data.items()}
+    try:
+        shape = jax.eval_shape(per_sample, center, rows).shape
+    except ModelError:
+        raise
+    except Exception as err:  # the user's module or loss failed: say which call
+        raise ModelError(
+            f"loss_fn(module(batch[input_key]), batch) failed on 2 rows with "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    return int(shape[1]) if len(shape) == 2 else 0
 
 
 def _site_name(path: tuple[Any, ...], strip_value: bool = False) -> str:
