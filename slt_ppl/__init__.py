@@ -35,6 +35,7 @@ _LAZY = {
     "sample": ("slt_ppl.sampling", "sample"),
     "llc": ("slt_ppl.estimators.llc", "llc"),
     "wbic": ("slt_ppl.estimators.wbic", "wbic"),
+    "waic": ("slt_ppl.estimators.waic", "waic"),
     "compare": ("slt_ppl.compare", "compare"),
     "exact_llc": ("slt_ppl.reference", "exact_llc"),
     "diagnose": ("slt_ppl.diagnostics", "diagnose"),
