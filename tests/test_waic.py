@@ -140,6 +140,9 @@ def test_result_layout_equals_array_input():
     )
     from_tokens = slt_ppl.waic(_tree(tokens), "train")
     assert float(from_tokens["waic"]) == pytest.approx(float(from_array["waic"]), rel=1e-12)
+    # observed draws under their own dim (observe_every > 1 keeping only the observed draws)
+    own_dim = slt_ppl.waic(_tree(loss.rename(draw="train_draw")), "train")
+    assert float(own_dim["waic"]) == pytest.approx(float(from_array["waic"]), rel=1e-12)
 
 
 def test_result_drops_diverged_chains_unobserved_draws_and_picks_beta_one():

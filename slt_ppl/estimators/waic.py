@@ -213,16 +213,19 @@ def _beta_of(attrs: dict) -> float:
 
 
 def _rows(loss: xr.DataArray, name: str) -> xr.DataArray:
-    """Per-row loss: per-token losses (dim <name>_token) are summed, log p(row) = Σ_t log p(t)."""
+    """Per-row loss: per-token losses (dim <name>_token) are summed, log p(row) = Σ_t log p(t).
+    The draw dim may carry another name (a layout that keeps only every k-th draw under its own
+    dim): the one dim besides chain and <name> is read as the draws."""
     token = f"{name}_token"
     if token in loss.dims:
         loss = loss.sum(token, skipna=False)
-    extra = [d for d in loss.dims if d != name and d not in SAMPLE_DIMS]
-    sample = [d for d in loss.dims if d != name and d not in extra]
-    if extra or len(sample) != 2:
+    draws = [d for d in loss.dims if d not in (name, "chain")]
+    if "chain" not in loss.dims or len(draws) != 1:
         raise ResultError(
             f"loss_{name} must have dims (chain, draw, {name}[, {token}]), got {loss.dims}"
         )
+    if draws[0] != "draw":
+        loss = loss.drop_vars(draws[0], errors="ignore").rename({draws[0]: "draw"})
     return loss.transpose(*SAMPLE_DIMS, name)
 
 
