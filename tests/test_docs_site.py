@@ -88,6 +88,7 @@ def test_api_reference_shows_docstrings(site):
     html = _text(site / "reference/estimators/index.html")
     for needle in ("waic", "W_n = T_n + (β/n)·V_n", "two_scale_ed", "Watanabe 2013"):
         assert needle in html, needle
+    assert ":func:" not in html  # Sphinx roles rewritten to code (docs/_hooks/sphinx_roles.py)
 
 
 def test_no_network_assets(site):
