@@ -37,10 +37,11 @@ Two kinds of standard error are reported:
   Each series gets :func:`slt_ppl.estimators.error_bars.honest_se` (max of ArviZ's MCSE, which
   accounts for autocorrelation within chains, and the overlapping batch-means se).
 
-Input: either a sampling result whose ``sample_stats["loss_<name>"]`` holds per-row negative
-log-likelihoods ℓ (seam 3 of the session's design: dims (chain, draw, <name>[, <name>_token]), so
-log p = −ℓ; per-token losses are summed into the row's log-likelihood), or log-likelihoods
-directly as a DataArray / array with dims (chain, draw, observation).
+Input: either a sampling result whose ``sample_stats["loss_<name>"]`` holds per-row losses, the
+negative log-likelihoods −log p(y_i|x_i, w) (seam 3 of the session's design: dims (chain, draw,
+<name>[, <name>_token]); the log-likelihood is minus the loss, per-token losses are summed into the
+row's log-likelihood), or log-likelihoods directly as a DataArray / array with dims
+(chain, draw, observation).
 """
 
 from __future__ import annotations
