@@ -151,3 +151,38 @@ def test_bad_probe_input_is_refused(problem):
         slt_ppl.sample(post, observe={"p": probe}, observe_every=0, progress=False)
     with pytest.raises(SettingError, match="observe works with slt_ppl's own kernels"):
         slt_ppl.sample(post, kernel="nuts", observe={"p": probe}, progress=False)
+
+
+def test_observe_survives_a_crash_and_resumes_bit_identical(problem, tmp_path, monkeypatch):
+    """Checkpoints store the observed draws so far (and the probe digests): a run that crashes
+    after two checkpoint writes and resumes equals an uninterrupted run bit for bit."""
+    from slt_ppl.sampling import recovery
+    from slt_ppl.sampling.checkpoint import write_checkpoint
+
+    post, _, _, probe, _, _ = problem
+    kwargs = dict(
+        kernel="sgld", step_size=1e-3, batch_size=50, num_chains=2, num_draws=40, num_burnin=8,
+        thin=1, seed=5, num_segments=4, progress=False, observe={"p": probe}, observe_every=3,
+    )  # fmt: skip
+    writes = []
+
+    def flaky(path, ckpt):
+        if len(writes) >= 2:
+            raise RuntimeError("crash")
+        write_checkpoint(path, ckpt)
+        writes.append(ckpt.next_draw)
+
+    monkeypatch.setattr(recovery, "write_checkpoint", flaky)
+    ckpt = tmp_path / "run.nc"
+    with pytest.raises(RuntimeError, match="crash"):
+        slt_ppl.sample(post, checkpoint=ckpt, **kwargs)
+    monkeypatch.undo()
+    resumed = slt_ppl.sample(post, checkpoint=ckpt, resume=True, **kwargs)
+    assert resumed.attrs["resumed_from_draw"] == writes[-1] > 0
+    fresh = slt_ppl.sample(post, **kwargs)
+    assert fresh["sample_stats"]["loss_p"].shape == (2, 14, PROBES)
+    for name, var in fresh["sample_stats"].data_vars.items():
+        assert np.array_equal(var.values, resumed["sample_stats"][name].values, equal_nan=True)
+    other = {"p": {k: v[::-1].copy() for k, v in probe.items()}}
+    with pytest.raises(SettingError, match="observe"):
+        slt_ppl.sample(post, checkpoint=ckpt, resume=True, **{**kwargs, "observe": other})
