@@ -186,3 +186,26 @@ def test_observe_survives_a_crash_and_resumes_bit_identical(problem, tmp_path, m
     other = {"p": {k: v[::-1].copy() for k, v in probe.items()}}
     with pytest.raises(SettingError, match="observe"):
         slt_ppl.sample(post, checkpoint=ckpt, resume=True, **{**kwargs, "observe": other})
+
+
+def test_estimator_errors_and_plots(problem, tmp_path):
+    from slt_ppl.errors import ResultError
+    from slt_ppl.estimators.observables_plots import plot_bif, plot_token_values
+
+    post, _, _, probe, mu, sigma = problem
+    w = np.random.default_rng(2).multivariate_normal(mu, sigma, size=(4, 50))
+    tree = _tree(0.5 * (probe["y"] - w @ probe["x"].T) ** 2, np.zeros(PROBES), post.nbeta)
+    with pytest.raises(ResultError, match=r"no recorded probe set 'q'.*recorded: \['p'\]"):
+        slt_ppl.bif(tree, "q")
+    with pytest.raises(SettingError, match="needs a 'full' entry"):
+        slt_ppl.susceptibility({"layer0": tree}, sampling="p", probe="p")
+    with pytest.raises(SettingError, match="kind must be"):
+        slt_ppl.bif(tree, "p", kind="pearson")
+    fig = plot_bif(slt_ppl.bif(tree, "p"), top=5, path=tmp_path / "bif.png")
+    assert (tmp_path / "bif.png").stat().st_size > 0 and "most influential" in str(
+        [t.get_text() for t in fig.axes[1].texts]
+    )
+    plot_token_values(["a", "b", "c"], [0.5, -1.0, 0.0], path=tmp_path / "tokens.png")
+    assert (tmp_path / "tokens.png").stat().st_size > 0
+    with pytest.raises(SettingError, match="3 tokens but values of shape"):
+        plot_token_values(["a", "b", "c"], [1.0, 2.0])
