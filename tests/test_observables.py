@@ -48,6 +48,19 @@ def _closed_form_bif(probe, mu, sigma):
     return 0.5 * s**2 + np.outer(m, m) * s
 
 
+def _torch_module_posterior(data, center):
+    import torch
+
+    linear = torch.nn.Linear(D, 1, bias=False)
+    with torch.no_grad():
+        linear.weight[:] = torch.as_tensor(center)[None]
+
+    def rows(out, batch):
+        return 0.5 * (batch["y"] - out[:, 0]) ** 2
+
+    return slt_ppl.localize(linear, data, loss_fn=rows, gamma=10.0, device="cpu")
+
+
 def _tree(losses, center_losses, nbeta):
     """A result tree holding recorded probe losses (chain, draw, p), as ``sample`` writes it."""
     stats = xr.Dataset(
@@ -153,13 +166,18 @@ def test_bad_probe_input_is_refused(problem):
         slt_ppl.sample(post, kernel="nuts", observe={"p": probe}, progress=False)
 
 
-def test_observe_survives_a_crash_and_resumes_bit_identical(problem, tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_observe_survives_a_crash_and_resumes_bit_identical(
+    problem, tmp_path, monkeypatch, backend
+):
     """Checkpoints store the observed draws so far (and the probe digests): a run that crashes
     after two checkpoint writes and resumes equals an uninterrupted run bit for bit."""
     from slt_ppl.sampling import recovery
     from slt_ppl.sampling.checkpoint import write_checkpoint
 
-    post, _, _, probe, _, _ = problem
+    post, data, center, probe, _, _ = problem
+    if backend == "torch":
+        post = _torch_module_posterior(data, center)
     kwargs = dict(
         kernel="sgld", step_size=1e-3, batch_size=50, num_chains=2, num_draws=40, num_burnin=8,
         thin=1, seed=5, num_segments=4, progress=False, observe={"p": probe}, observe_every=3,
