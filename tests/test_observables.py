@@ -110,6 +110,21 @@ def test_bif_on_exact_gaussian_draws(problem):
     z = (decomposition["llc"].values - expected) / decomposition["llc_se"].values
     assert np.max(np.abs(z)) < 4.5, z
 
+    # susceptibility of the full posterior with L_s = the training loss:
+    # χ(q) = Cov(L_s, L_s − ℓ_q) = Var(L_s) − Cov(L_s, ℓ_q), both means of closed-form BIF entries
+    train = {k: v.astype(np.float64) for k, v in problem[1].items()}
+    stats = tree["sample_stats"].to_dataset()
+    stats["loss_train"] = (("chain", "draw", "train"), 0.5 * (train["y"] - w @ train["x"].T) ** 2)
+    stats["loss_train_center"] = (("train",), np.zeros(N))
+    tree = xr.DataTree.from_dict({"sample_stats": stats})
+    both = {k: np.concatenate([train[k], probe[k]]) for k in train}
+    c = _closed_form_bif(both, mu, sigma)
+    chi_exact = c[:N, :N].mean() - c[:N, N:].mean(axis=0)
+    chi = slt_ppl.susceptibility({"full": tree}, sampling="train", probe="p")
+    z = (chi["susceptibility"].values[0] - chi_exact) / chi["susceptibility_se"].values[0]
+    assert np.max(np.abs(z)) < 4.5, z
+    assert np.median(chi["susceptibility_se"].values[0] / np.abs(chi_exact)) < 0.2  # not vacuous
+
 
 def test_mala_records_probe_losses_that_match_the_closed_form(problem):
     """End to end: MALA (exact up to Metropolis rejection, no ε-bias) with two temperatures and
