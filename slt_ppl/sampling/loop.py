@@ -14,6 +14,11 @@ App. D) costs one more gradient on the same minibatch, only every ``diag_every``
 (``lax.cond`` on the unbatched draw index, so it is a real branch, not a select, under
 ``vmap``).
 
+Probe sets (``sample(..., observe=...)``, ``sampling.observe``): on observed draws the per-row
+(per-token) losses of each probe set at w_t are computed in a ``lax.cond`` branch (the draw index is
+not batched over chains, so this is a real branch too) and written into the draw's record, NaN on
+the other draws; the host keeps the observed draws only.
+
 Divergence: a step whose potential or new position is non-finite, or whose loss rises by more
 than ``explode`` above L_B(w*), freezes its chain at the last finite state and records the step
 index in ``diverged_at``; later records of that chain are NaN. Healthy chains are unaffected.

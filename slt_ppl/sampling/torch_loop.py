@@ -10,9 +10,10 @@ the loss is a per-datum mean, else a forward pass —, ‖∇U_B‖, ‖w_t − 
 ``diag_every``-th draw the MALA-acceptance diagnostic (Furman & Lau 2024, App. D, U and ∇U at both
 points on the same minibatch) and the heating statistics ``laplacian`` and ``grad_noise``
 (:meth:`TorchSegmentRunner.heating`) are recorded; chain c may run at nβ·``nbeta_factors[c]``
-(temperatures); a chain whose potential or new position is non-finite, or whose
-L_B − L_B(w*) exceeds ``explode``·(1 + |L_B(w*)|), is frozen at its last good state and the step
-recorded in ``diverged_at``; later records of that chain are NaN.
+(temperatures); on observed draws (``sampling.observe``) the per-row losses of each probe set
+are evaluated for all chains in one vmapped call; a chain whose potential or new position is
+non-finite, or whose L_B − L_B(w*) exceeds ``explode``·(1 + |L_B(w*)|), is frozen at its last good
+state and the step recorded in ``diverged_at``; later records of that chain are NaN.
 
 Randomness is counter-based, as in the JAX loop: ``chain_keys`` are one 64-bit seed per chain and
 ``batch_keys`` one seed (shared minibatches) or one per chain; at global step t chain c's generator
