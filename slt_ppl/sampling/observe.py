@@ -125,8 +125,8 @@ def prepare(posterior: Any, observe: Any, every: int) -> Probes | None:
     sets, shapes, center, digests = {}, {}, {}, {}
     for name, probe in observe.items():
         host = {key: _host(probe[key]) for key in posterior.data}
-        digests[name] = _digest(host)
         sets[name] = (_to_torch if torch_backend else _to_jax)(host, posterior.data)
+        digests[name] = _digest({k: _host(v) for k, v in sets[name].items()})  # as sampled
         values = _center_losses(posterior, name, sets[name])
         shapes[name], center[name] = tuple(values.shape), values
     return Probes(int(every), sets, shapes, center, digests)
