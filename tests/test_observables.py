@@ -216,9 +216,13 @@ def test_observe_survives_a_crash_and_resumes_bit_identical(
     assert fresh["sample_stats"]["loss_p"].shape == (2, 14, PROBES)
     for name, var in fresh["sample_stats"].data_vars.items():
         assert np.array_equal(var.values, resumed["sample_stats"][name].values, equal_nan=True)
+    kwargs.pop("observe")  # observing changes nothing else: the same chains without probes
+    plain = slt_ppl.sample(post, **kwargs)
+    for name, var in plain["sample_stats"].data_vars.items():
+        assert np.array_equal(var.values, fresh["sample_stats"][name].values, equal_nan=True)
     other = {"p": {k: v[::-1].copy() for k, v in probe.items()}}
     with pytest.raises(SettingError, match="observe"):
-        slt_ppl.sample(post, checkpoint=ckpt, resume=True, **{**kwargs, "observe": other})
+        slt_ppl.sample(post, checkpoint=ckpt, resume=True, **kwargs, observe=other)
 
 
 def test_estimator_errors_and_plots(problem, tmp_path):
