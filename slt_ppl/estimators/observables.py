@@ -318,12 +318,15 @@ def _jackknife(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(stat on all draws, delete-one-batch jackknife se); ``stat`` maps pooled moments (the
     mean, plus the second moments or the cross moments with column 0, by ``moments``)."""
-    sums = [_sums(b, moments) for b in batches]
-    total = {k: sum(s[k] for s in sums) for k in sums[0]}
+    total: dict[str, Any] = {}
+    for b in batches:  # two passes over the batches: memory O(items²), not O(K·items²)
+        for key, value in _sums(b, moments).items():
+            total[key] = total[key] + value if key in total else value
     value = np.asarray(stat(_moments(total)), dtype=np.float64)
-    k = len(sums)
+    k = len(batches)
     acc, acc2 = np.zeros_like(value), np.zeros_like(value)
-    for s in sums:
+    for b in batches:
+        s = _sums(b, moments)
         rest = {key: total[key] - s[key] for key in total}
         theta = np.asarray(stat(_moments(rest)), dtype=np.float64)
         acc += theta
