@@ -43,6 +43,11 @@ _LAZY = {
     "effective_dimension": ("slt_ppl.estimators.effective_dimension", "effective_dimension"),
     "fisher": ("slt_ppl.estimators.fisher", "fisher"),
     "spectral": ("slt_ppl.estimators.spectral", "spectral"),
+    "bif": ("slt_ppl.estimators.observables", "bif"),
+    "top_pairs": ("slt_ppl.estimators.observables", "top_pairs"),
+    "susceptibility": ("slt_ppl.estimators.observables", "susceptibility"),
+    "llc_decomposition": ("slt_ppl.estimators.observables", "llc_decomposition"),
+    "probe_losses": ("slt_ppl.estimators.observables", "probe_losses"),
 }
 
 __all__ = [
