@@ -274,3 +274,32 @@ def test_singular_fluctuation_average_over_data_sets_is_below_lambda():
     nus = [exact_singular(*_singular_data(s, False), num=801, lppd=False)[0] / 2 for s in range(20)]
     mean, se = float(np.mean(nus)), float(np.std(nus, ddof=1) / math.sqrt(len(nus)))
     assert 0.5 - mean > 3 * se, (mean, se)  # measured 0.439 ± 0.010
+
+
+# ---------------------------------------------------------------- seam 3, end to end
+
+
+def test_recorded_probe_losses_match_kept_draws():
+    # sample(..., observe=...) records ℓ inside the compiled loop (float32); the same draws kept
+    # and evaluated here in float64 must give the same WAIC up to float32 rounding
+    from models import numpyro_zoo
+
+    model, problem = numpyro_zoo.linear_regression(d=3, n=200)
+    posterior = slt_ppl.localize(model, problem.data, problem.center, nbeta=200)  # β = 1
+    result = slt_ppl.sample(
+        posterior,
+        num_draws=200,
+        thin=2,
+        keep_draws=True,
+        observe={"train": problem.data},
+        observe_every=2,
+        progress=False,
+    )
+    from_records = slt_ppl.waic(result, "train")
+    w = result["posterior"]["w"].values.astype(np.float64)[:, ::2]
+    x = np.asarray(problem.data["x"], np.float64)
+    y = np.asarray(problem.data["y"], np.float64)
+    from_draws = slt_ppl.waic(-0.5 * (y - w @ x.T) ** 2 - 0.5 * LOG_2PI)
+    assert from_records.attrs["num_draws"] == 100 and from_records.attrs["beta"] == 1.0
+    for key in ("waic", "training_loss", "functional_variance"):
+        assert float(from_records[key]) == pytest.approx(float(from_draws[key]), rel=1e-4), key
