@@ -22,7 +22,7 @@ eqx = pytest.importorskip("equinox")
 # the centers are not minima (untrained weights): these tests compare two writings of one posterior
 pytestmark = pytest.mark.filterwarnings("ignore::slt_ppl.SuspiciousCenterWarning")
 
-RUN = dict(kernel="sgld", step_size=2e-4, num_chains=2, num_draws=60, num_burnin=60, thin=1)
+RUN = dict(kernel="sgld", step_size=2e-4, num_chains=2, num_draws=50, num_burnin=20, thin=1)
 
 
 def data(n: int = 200) -> dict[str, np.ndarray]:
@@ -119,14 +119,21 @@ def plain(weights):
 
 
 @pytest.fixture(scope="module")
+def nnx_posterior(weights):
+    return slt_ppl.localize(nnx_model(weights), data(), loss_fn=gaussian_nll, gamma=10.0)
+
+
+@pytest.fixture(scope="module")
 def plain_llc(plain):
     return llc_of(plain)
 
 
 @pytest.mark.parametrize("framework", ["nnx", "linen", "equinox"])
-def test_module_posterior_equals_the_plain_loss(framework, weights, plain, plain_llc):
+def test_module_posterior_equals_the_plain_loss(
+    framework, weights, plain, plain_llc, nnx_posterior
+):
     if framework == "nnx":
-        post = slt_ppl.localize(nnx_model(weights), data(), loss_fn=gaussian_nll, gamma=10.0)
+        post = nnx_posterior
     elif framework == "linen":
         variables = linen_variables(weights)
         post = slt_ppl.localize(LinenMLP(), data(), variables, loss_fn=gaussian_nll, gamma=10.0)
@@ -154,20 +161,14 @@ def test_module_posterior_equals_the_plain_loss(framework, weights, plain, plain
         assert llc == pytest.approx(reference, rel=1e-3), (llc, reference)
 
 
-def test_restrict_a_flax_layer_by_name_and_mask(weights):
+def test_restrict_a_flax_layer_by_name_and_mask(weights, nnx_posterior):
     post = slt_ppl.localize(
         nnx_model(weights), data(), loss_fn=gaussian_nll, gamma=10.0, restrict_to=r"out\..*"
     )
     assert post.dim == 5 and post.info["full_dim"] == 17
     sites = module_sites(nnx_model(weights))
-    assert sites["hidden.kernel"] == (2, 4)
-    mask = {"hidden.kernel": np.eye(2, 4, dtype=bool)}
-    assert (
-        slt_ppl.localize(
-            nnx_model(weights), data(), loss_fn=gaussian_nll, gamma=10.0, restrict_to=mask
-        ).dim
-        == 2
-    )
+    assert sites["hidden.kernel"] == (2, 4) and sites == nnx_posterior.sites
+    assert restrict(nnx_posterior, {"hidden.kernel": np.eye(2, 4, dtype=bool)}).dim == 2
 
 
 def test_module_errors_are_clear(weights):
@@ -189,8 +190,8 @@ def test_module_errors_are_clear(weights):
     "per_sample_loss" not in slt_ppl.LocalPosterior.__dataclass_fields__,
     reason="seam 1 (per_sample_loss) lands with the observables branch",
 )
-def test_per_sample_loss_is_set_and_follows_the_restriction(weights):
-    post = slt_ppl.localize(nnx_model(weights), data(), loss_fn=gaussian_nll, gamma=10.0)
+def test_per_sample_loss_is_set_and_follows_the_restriction(nnx_posterior):
+    post = nnx_posterior
     part = restrict(post, ["out.kernel"])
     batch = {k: jnp.asarray(v[:7]) for k, v in data().items()}
     for p in (post, part):
@@ -200,7 +201,7 @@ def test_per_sample_loss_is_set_and_follows_the_restriction(weights):
         np.testing.assert_allclose(jnp.mean(rows), p.loss_fn(w, batch), rtol=1e-6)
 
 
-def test_per_token_losses_count_rows_and_scale_nbeta(weights):
+def test_per_token_losses_count_rows_and_scale_nbeta(weights, nnx_posterior):
     """(b, T) losses: n = rows, L_n = mean over rows and tokens, default nβ = T·n/log n."""
     rng = np.random.default_rng(1)
     tokens = {"x": rng.normal(size=(50, 3, 2)).astype(np.float32)}
@@ -212,5 +213,5 @@ def test_per_token_losses_count_rows_and_scale_nbeta(weights):
     out = h @ weights["out.kernel"] + weights["out.bias"]
     expected = np.mean(0.5 * np.sum((out - tokens["y"]) ** 2, axis=-1))
     assert post.info["loss_center_full"] == pytest.approx(expected, rel=1e-5)
-    rows = slt_ppl.localize(nnx_model(weights), data(), loss_fn=gaussian_nll, gamma=1.0)
+    rows = nnx_posterior
     assert rows.info["tokens_per_row"] == 0 and rows.nbeta == pytest.approx(200 / np.log(200))
