@@ -27,7 +27,7 @@ def read_checkpoint(name: str, suffix: str, content: bytes, *, as_torch: bool = 
         else:
             raise DataError(f"unknown checkpoint format {suffix!r}")
     except DataError as err:
-        raise DataError(f"checkpoint {name}{suffix}: {err}") from err
+        raise DataError(f"checkpoint {name}{suffix} is corrupt or unreadable: {err}") from err
     except Exception as err:  # every reader has its own exception types for a corrupt file
         raise DataError(
             f"checkpoint {name}{suffix} is corrupt or not a {suffix} file "

@@ -78,7 +78,8 @@ def _training_coords(path: Path, names: list[str]) -> dict[str, Any]:
 def combine(new: xr.Dataset, old: xr.Dataset) -> xr.Dataset:
     """``new`` extended by ``old``: the union of coordinates; where both have a value, the one in
     ``new`` whose status is not "not_run" wins."""
-    fill = {v: _fill(new[v] if v in new else old[v]) for v in {*new.data_vars, *old.data_vars}}
+    names = dict.fromkeys([*new.data_vars, *old.data_vars])
+    fill = {v: _fill(new[v] if v in new else old[v]) for v in names}
     a, b = xr.align(new, old, join="outer", fill_value=fill)
     has_new = a["status"] != "not_run"
     merged = {}
@@ -95,8 +96,12 @@ def combine(new: xr.Dataset, old: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+def _is_text(var: xr.DataArray) -> bool:
+    return var.dtype.kind in ("O", "U", "T")
+
+
 def _fill(var: xr.DataArray) -> Any:
-    if var.dtype == object:
+    if _is_text(var):
         return "not_run" if var.name == "status" else TEXT_FILL
     return FLAG_FILL if np.issubdtype(var.dtype, np.integer) else np.nan
 
@@ -106,7 +111,7 @@ def _coalesce(a: xr.Dataset, b: xr.Dataset, name: str) -> xr.DataArray:
         return a[name]
     if name not in a.coords:
         return b[name]
-    missing = a[name].isnull() if a[name].dtype != object else a[name] == ""
+    missing = a[name] == "" if _is_text(a[name]) else a[name].isnull()
     return xr.where(missing, b[name], a[name]).astype(a[name].dtype)
 
 
@@ -148,4 +153,9 @@ def open_sweep(path: str | Path) -> xr.Dataset:
         path = path / "results.zarr"
     if not path.exists():
         raise SettingError(f"no sweep results at {path}")
-    return xr.open_zarr(path, consolidated=False).load()
+    ds = xr.open_zarr(path, consolidated=False).load()
+    # Zarr hands text back as numpy's StringDType; object arrays are what the rest expects
+    text = [n for n in [*ds.data_vars, *ds.coords] if ds[n].dtype.kind in ("T", "U")]
+    return ds.assign({n: ds[n].astype(object) for n in text if n in ds.data_vars}).assign_coords(
+        {n: ds[n].astype(object) for n in text if n not in ds.data_vars}
+    )

@@ -57,6 +57,10 @@ def plot_along_training(ds: xr.Dataset, path: str | Path | None = None, title: s
         twin.plot(x, ds["train_loss"].values, "k--", lw=1, alpha=0.6, label="training loss")
         twin.set_ylabel("training loss (dashed)")
         twin.set_yscale("log")
+        from matplotlib.ticker import FormatStrFormatter
+
+        for axis in (twin.yaxis.set_major_formatter, twin.yaxis.set_minor_formatter):
+            axis(FormatStrFormatter("%g"))
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title(title or "LLC along training")
     if path is not None:
@@ -85,12 +89,13 @@ def plot_calibration(ds: xr.Dataset, path: str | Path | None = None, x: str = "s
         if y is not None:
             cell = cell.transpose(y, x)
         grid = np.atleast_2d(cell["llc"].values)
+        se = np.atleast_2d(cell["llc_se"].values)
         bad = np.atleast_2d(cell["healthy"].values != 1)
         mesh = ax.pcolormesh(grid, cmap="viridis", vmin=vmin, vmax=vmax)
         for (i, j), value in np.ndenumerate(grid):
             if bad[i, j]:
                 ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, hatch="///", ec="0.85", lw=0))
-            ax.text(j + 0.5, i + 0.5, f"{value:.3g}", ha="center", va="center", fontsize=8,
+            ax.text(j + 0.5, i + 0.5, f"{value:.3g}\n± {se[i, j]:.2g}", ha="center", va="center", fontsize=8,
                     color="white" if value < (vmin + vmax) / 2 else "black")  # fmt: skip
         ax.set_xticks(np.arange(grid.shape[1]) + 0.5, [f"{v:.3g}" for v in cell[x].values])
         ax.set_xlabel("ε (step size)" if x == "step_size" else x)
@@ -103,7 +108,8 @@ def plot_calibration(ds: xr.Dataset, path: str | Path | None = None, x: str = "s
         ax.set_title(f"{name}" + (f" (step {int(step)})" if step is not None else ""), fontsize=9)
     fig.colorbar(mesh, ax=axes[0].tolist(), label="λ̂ (hatched: unhealthy verdict)")
     rest = ", ".join(f"{d}={sub[d].values.item()}" for d in fixed)
-    fig.suptitle(f"calibration grid: λ̂ over ε × {y or '—'}" + (f" at {rest}" if rest else ""))
+    over = "ε" + {"nbeta": " × nβ", "gamma": " × γ", None: ""}.get(y, f" × {y}")
+    fig.suptitle(f"calibration grid: λ̂ over {over}" + (f" at {rest}" if rest else ""))
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig

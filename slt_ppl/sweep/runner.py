@@ -42,9 +42,11 @@ def sweep(
     ``slt_ppl.sweep.spec``) as a Ray task and return the merged Dataset (also in
     ``<out>/results.zarr``; one JSON record per task in ``<out>/tasks``).
 
-    Tasks whose record in ``out`` says ``ok`` are skipped; the others run, each retried up to
-    ``[resources] max_retries`` times when it raises or its worker dies, then recorded as failed
-    with the error. ``address``: a Ray cluster (default ``RAY_ADDRESS``, else a local Ray on
+    Tasks with a record in ``out`` are skipped: those that succeeded, and those that failed on
+    their input (an :class:`~slt_ppl.errors.SLTError` such as a corrupt checkpoint: the same
+    bytes fail again). The others run, each retried up to ``[resources] max_retries`` times when
+    it raises or its worker dies, then recorded as failed with the error (and run again by the
+    next call). ``address``: a Ray cluster (default ``RAY_ADDRESS``, else a local Ray on
     ``num_cpus`` cores, default all). An already initialized Ray is used as it is.
     The returned Dataset's attrs count ``tasks_total``, ``tasks_run``, ``tasks_skipped`` and
     ``tasks_failed`` of this call.
@@ -61,7 +63,10 @@ def sweep(
     if (out / RESULTS).exists():
         check_compatible(open_sweep(out / RESULTS).attrs, attrs, out / RESULTS,
                          ("checkpoint", *spec.grid))  # fmt: skip
-    done = {k for k, r in read_records(out).items() if r.get("status") == "ok"}
+    # done: succeeded, or failed for a reason a rerun would meet again (an SLTError of the input:
+    # same checkpoint bytes and settings); a task whose worker died or that raised anything else
+    # after its retries runs again
+    done = {k for k, r in read_records(out).items() if not r.get("rerun", False)}
     todo = [(t, k) for t, k in zip(tasks, keys, strict=True) if k not in done]
     if log:
         log(f"slt-ppl sweep: {len(tasks)} tasks, {len(tasks) - len(todo)} already done")
@@ -200,7 +205,7 @@ def collect(ref: Any, task: Task, key: str, max_retries: int) -> dict[str, Any]:
         message = f"{type(err).__name__}: {str(err).strip().splitlines()[0]}"
     return {"key": key, "checkpoint": task.checkpoint.stem, "status": "failed",
             "error": f"failed after {max_retries} retries: {message}", "values": {}, "text": {},
-            "point": task.point}  # fmt: skip
+            "rerun": True}  # fmt: skip
 
 
 def describe(task: Task, record: dict[str, Any]) -> str:

@@ -3,8 +3,8 @@ written atomically (a temporary file in the same folder, then ``os.replace``), s
 leaves whole records or none.
 
 The key is the sha256 of (checkpoint content, every setting that reaches the task, slt_ppl's
-version): rerunning a sweep skips the tasks whose record says ``ok``; a changed checkpoint,
-setting or library version runs again.
+version): rerunning a sweep skips the tasks that have a record (except failures marked
+``rerun``, see ``runner.sweep``); a changed checkpoint, setting or library version runs again.
 """
 
 from __future__ import annotations
