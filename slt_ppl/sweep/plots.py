@@ -59,9 +59,9 @@ def plot_along_training(ds: xr.Dataset, path: str | Path | None = None, title: s
         twin.set_yscale("log")
         from matplotlib.ticker import FormatStrFormatter
 
-        for axis in (twin.yaxis.set_major_formatter, twin.yaxis.set_minor_formatter):
-            axis(FormatStrFormatter("%g"))
-    ax.legend(fontsize=7, loc="upper left")
+        twin.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        twin.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.legend(fontsize=7, loc="best", framealpha=0.7)
     ax.set_title(title or "LLC along training")
     if path is not None:
         fig.savefig(path, dpi=120)
@@ -93,6 +93,12 @@ def plot_calibration(ds: xr.Dataset, path: str | Path | None = None, x: str = "s
         bad = np.atleast_2d(cell["healthy"].values != 1)
         mesh = ax.pcolormesh(grid, cmap="viridis", vmin=vmin, vmax=vmax)
         for (i, j), value in np.ndenumerate(grid):
+            if not np.isfinite(value):  # failed or not run: grey, says which
+                status = np.atleast_2d(cell["status"].values)[i, j]
+                ax.add_patch(plt.Rectangle((j, i), 1, 1, color="0.85"))
+                ax.text(j + 0.5, i + 0.5, str(status).replace("_", " "), ha="center",
+                        va="center", fontsize=8, color="0.3")  # fmt: skip
+                continue
             if bad[i, j]:
                 ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, hatch="///", ec="0.85", lw=0))
             ax.text(j + 0.5, i + 0.5, f"{value:.3g}\n± {se[i, j]:.2g}", ha="center", va="center", fontsize=8,

@@ -163,8 +163,9 @@ def worker_env(resources: dict[str, Any], *, local: bool, cache: Path | None) ->
         env["JAX_PLATFORMS"] = "cpu"
     else:
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-    if cache is not None:
+    if cache is not None:  # every program, even those compiling in under the default 1 s
         env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     if local:
         root = str(Path(slt_ppl.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
