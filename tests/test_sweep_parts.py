@@ -163,3 +163,89 @@ def test_training_plateaus_match_the_teacher():
     for step, expected in ((1200, 13.5), (2400, 5.5), (4200, 3.5)):
         assert by_step[step] == pytest.approx(expected, rel=0.03), step
     assert run.weights[0]["w0"].shape == (6, 6) and len(run.weights) == 7
+
+
+NET = """
+import torch
+
+
+def make_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+"""
+SMALL = {"kernel": "sgld", "num_chains": 2, "num_draws": 30, "num_burnin": 10, "thin": 1, "seed": 0}
+
+
+def _payload(**changes):
+    base = {"key": "k", "checkpoint": "c", "suffix": ".npz", "point": {"step_size": 1e-3},
+            "model": {"kind": "builtin", "target": "linear_regression",
+                      "options": {"d": 2, "n": 64}},
+            "localize": {"gamma": 10.0}, "sampler": SMALL, "estimators": ["llc"],
+            "threads": 1}  # fmt: skip
+    return {**base, **changes}
+
+
+def test_task_of_a_torch_module_equals_the_direct_run(tmp_path):
+    """A torch state dict loaded into the factory's module gives the same λ̂ as localize/sample
+    called directly on that module (same seed: the torch backend is deterministic on CPU)."""
+    torch = pytest.importorskip("torch")
+    import slt_ppl
+    from slt_ppl.sweep.task import load_function, run_task
+
+    (tmp_path / "net.py").write_text(NET)
+    make_net = load_function(f"{tmp_path / 'net.py'}:make_net", NET)
+    trained = make_net()
+    with torch.no_grad():
+        trained[0].weight.mul_(2.0)  # a checkpoint that differs from the factory's weights
+    torch.save(trained.state_dict(), tmp_path / "c.pt")
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(64, 2)).astype(np.float32),
+            "y": rng.normal(size=(64, 1)).astype(np.float32)}  # fmt: skip
+    model = {"kind": "torch_module", "target": f"{tmp_path / 'net.py'}:make_net",
+             "options": {"noise": 1.0}, "source": NET}  # fmt: skip
+    record = run_task(_payload(model=model, suffix=".pt"), data, (tmp_path / "c.pt").read_bytes())
+    assert record["status"] == "ok", record["error"]
+    post = slt_ppl.localize(trained.eval(), data, noise=1.0, gamma=10.0)
+    result = slt_ppl.sample(post, step_size=1e-3, progress=False, **SMALL)
+    assert record["values"]["llc"] == float(slt_ppl.llc(result, warn=False)["llc"])
+    wrong = {"0.weight": torch.zeros(5, 5)}
+    torch.save(wrong, tmp_path / "w.pt")
+    bad = run_task(_payload(model=model, suffix=".pt", checkpoint="w"), data,
+                   (tmp_path / "w.pt").read_bytes())  # fmt: skip
+    assert bad["status"] == "failed" and "does not fit the module" in bad["error"]
+
+
+def _center_bytes() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, w=np.zeros(2, np.float32))
+    return buf.getvalue()
+
+
+def test_task_with_temperatures_records_the_two_temperature_llc():
+    from slt_ppl.sweep.task import run_task
+
+    point = {"step_size": 1e-3, "temperatures": [1.0, 2.0]}
+    record = run_task(_payload(point=point), None, _center_bytes())
+    assert record["status"] == "ok", record["error"]
+    assert np.isfinite(record["values"]["llc_two_temperature"])
+    assert record["values"]["healthy"] in (0, 1)
+
+
+def test_restrict_to_reaches_localize(monkeypatch):
+    """seams.md 4: a restrict_to grid value is passed to localize as is (mocked here: localize
+    gains restrict_to in the restrict branch)."""
+    import slt_ppl
+    from slt_ppl.sweep.task import run_task
+
+    seen = {}
+
+    def fake_localize(model, data, center=None, **kwargs):
+        seen.update(kwargs)
+        raise SettingError("stopped after localize")
+
+    monkeypatch.setattr(slt_ppl, "localize", fake_localize)
+    record = run_task(_payload(point={"restrict_to": ["w"], "gamma": 5.0}), None, _center_bytes())
+    assert seen == {"restrict_to": ["w"], "gamma": 5.0}
+    assert record["status"] == "failed" and "stopped after localize" in record["error"]

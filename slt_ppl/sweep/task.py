@@ -50,8 +50,8 @@ def run_task(payload: dict[str, Any], data: dict[str, Any] | None, content: byte
 
 
 def pin_threads(threads: int) -> None:
-    """torch's intra-op threads = the task's CPUs (XLA and OpenMP read theirs from the
-    environment the runner sets before the worker starts)."""
+    """torch's intra-op threads = the task's CPUs, when torch is loaded (it also reads
+    OMP_NUM_THREADS, which the runner sets, as do XLA's flags, before the worker starts)."""
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(max(1, threads))
 
@@ -89,12 +89,17 @@ def build_posterior(payload: dict, data: dict | None, content: bytes, loc: dict)
     model = payload["model"]
     kind, name, suffix = model["kind"], payload["checkpoint"], payload["suffix"]
     if kind == "torch_module":
+        import torch
+
+        pin_threads(int(payload.get("threads", 1)))
         module = load_function(model["target"], model["source"])()
         state = read_checkpoint(name, suffix, content, as_torch=True)
         try:
             module.load_state_dict(state)
         except RuntimeError as err:
             raise DataError(f"checkpoint {name}{suffix} does not fit the module: {err}") from err
+        if payload.get("gpus", 0) > 0 and torch.cuda.is_available():  # the one GPU Ray gave us
+            module = module.to("cuda")
         return slt_ppl.localize(module.eval(), data, **model["options"], **loc)
     center = read_checkpoint(name, suffix, content)
     if kind == "builtin":
