@@ -54,20 +54,11 @@ def sweep(
     spec = load_spec(spec)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = expand(spec)
-    settings = fingerprint(spec)
-    digests = {c: file_digest(c) for c in spec.checkpoints}
-    keys = [task_key(settings, digests[t.checkpoint], t.point) for t in tasks]
-    attrs = {"fixed_settings": json.dumps(settings, sort_keys=True, default=str),
-             "dims": json.dumps(["checkpoint", *spec.grid])}  # fmt: skip
+    tasks, keys, attrs = plan(spec)
     if (out / RESULTS).exists():
         check_compatible(open_sweep(out / RESULTS).attrs, attrs, out / RESULTS,
-                         ("checkpoint", *spec.grid))  # fmt: skip
-    # done: succeeded, or failed for a reason a rerun would meet again (an SLTError of the input:
-    # same checkpoint bytes and settings); a task whose worker died or that raised anything else
-    # after its retries runs again
-    done = {k for k, r in read_records(out).items() if not r.get("rerun", False)}
-    todo = [(t, k) for t, k in zip(tasks, keys, strict=True) if k not in done]
+                         tuple(json.loads(attrs["dims"])))  # fmt: skip
+    todo = pending_tasks(tasks, keys, out)
     if log:
         log(f"slt-ppl sweep: {len(tasks)} tasks, {len(tasks) - len(todo)} already done")
     t0 = time.perf_counter()
@@ -84,9 +75,34 @@ def sweep(
     if plots:
         from slt_ppl.sweep.plots import plot_sweep
 
-        for path in plot_sweep(merged, out):
-            log and log(f"  wrote {path}")
+        written = plot_sweep(merged, out)
+        if log:
+            log(f"  wrote {', '.join(str(p) for p in written)}")
     return merged
+
+
+def plan(spec: SweepSpec) -> tuple[list[Task], list[str], dict[str, str]]:
+    """The tasks, their keys (``store.task_key``) and the attrs that identify the sweep."""
+    tasks = expand(spec)
+    settings = fingerprint(spec)
+    digests = {c: file_digest(c) for c in spec.checkpoints}
+    keys = [task_key(settings, digests[t.checkpoint], t.point) for t in tasks]
+    attrs = {"fixed_settings": json.dumps(settings, sort_keys=True, default=str),
+             "dims": json.dumps(["checkpoint", *spec.grid])}  # fmt: skip
+    return tasks, keys, attrs
+
+
+def pending_tasks(tasks: list[Task], keys: list[str], out: Path) -> list[tuple[Task, str]]:
+    """The tasks still to run, one per key (checkpoints with the same bytes share their runs).
+    Done: succeeded, or failed for a reason a rerun would meet again (an SLTError of the input:
+    same bytes and settings). A task whose worker died, or that raised anything else, after
+    its retries (record marked ``rerun``) runs again."""
+    done = {k for k, r in read_records(out).items() if not r.get("rerun", False)}
+    todo: dict[str, Task] = {}
+    for task, key in zip(tasks, keys, strict=True):
+        if key not in done:
+            todo.setdefault(key, task)
+    return [(t, k) for k, t in todo.items()]
 
 
 def fingerprint(spec: SweepSpec) -> dict[str, Any]:
