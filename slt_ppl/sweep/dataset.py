@@ -118,6 +118,9 @@ def _coalesce(a: xr.Dataset, b: xr.Dataset, name: str) -> xr.DataArray:
 def write_zarr(ds: xr.Dataset, path: Path) -> Path:
     """Write ``ds`` to the Zarr store ``path``, extending what is there (:func:`combine`): the
     new store is written beside it and swapped in, so a crash leaves the old one whole."""
+    from slt_ppl.sweep.runner import need
+
+    need("zarr")
     path = Path(path)
     if path.exists():
         old = open_sweep(path)

@@ -20,6 +20,21 @@ import xarray as xr
 
 MAX_LINES = 8
 MAX_PANELS = 4
+FENCE = 1.5  # Tukey's fences: values beyond FENCE·IQR outside the quartiles saturate the scale
+
+
+def robust_limits(values: np.ndarray) -> tuple[float, float]:
+    """(low, high) that hold every finite value except outliers beyond Tukey's fences, so one
+    chain that left w* (λ̂ = −10⁴ next to 12) does not flatten every other value; the outliers
+    are drawn at the edge (arrows / saturated colours) with their numbers printed."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    q1, q3 = np.percentile(finite, [25, 75])
+    pad = FENCE * (q3 - q1)
+    inside = finite[(finite >= q1 - pad) & (finite <= q3 + pad)]
+    low, high = float(inside.min()), float(inside.max())
+    return (low - 0.5, high + 0.5) if high - low < 1e-12 else (low, high)
 
 
 def _pyplot():
@@ -48,6 +63,14 @@ def plot_along_training(ds: xr.Dataset, path: str | Path | None = None, title: s
         good = sel["healthy"].values == 1
         ax.plot(x[good], llc[good], "o", color=color, ms=5)
         ax.plot(x[~good], llc[~good], "o", mfc="white", mec=color, ms=5)
+    low, high = robust_limits(ds["llc"].values.ravel())
+    margin = 0.08 * (high - low)
+    ax.set_ylim(low - margin, high + margin)
+    off = int(np.sum((ds["llc"].values < low - margin) | (ds["llc"].values > high + margin)))
+    if off:
+        ax.text(0.01, 0.99, f"{off} value(s) off scale (chains that left w*: see the "
+                "calibration grid)", transform=ax.transAxes, fontsize=7, va="top",
+                bbox={"fc": "white", "ec": "none", "alpha": 0.8})  # fmt: skip
     ax.set_xlabel("training step" if has_steps else "checkpoint")
     if not has_steps:
         ax.set_xticks(x, [str(c) for c in ds["checkpoint"].values], rotation=45, ha="right")
@@ -61,7 +84,7 @@ def plot_along_training(ds: xr.Dataset, path: str | Path | None = None, title: s
 
         twin.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         twin.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
-    ax.legend(fontsize=7, loc="best", framealpha=0.7)
+    ax.legend(fontsize=7, loc="lower right", framealpha=0.7)
     ax.set_title(title or "LLC along training")
     if path is not None:
         fig.savefig(path, dpi=120)
@@ -79,9 +102,6 @@ def plot_calibration(ds: xr.Dataset, path: str | Path | None = None, x: str = "s
         checkpoints = [names[i] for i in picks]
     fixed = {d: 0 for d in ds["llc"].dims if d not in ("checkpoint", x, y)}
     sub = ds.isel(fixed)
-    values = sub["llc"].sel(checkpoint=checkpoints).values
-    finite = values[np.isfinite(values)]
-    vmin, vmax = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
     fig, axes = plt.subplots(1, len(checkpoints), figsize=(4.2 * len(checkpoints) + 1, 3.8),
                              constrained_layout=True, squeeze=False)  # fmt: skip
     for ax, name in zip(axes[0], checkpoints, strict=True):
@@ -91,7 +111,9 @@ def plot_calibration(ds: xr.Dataset, path: str | Path | None = None, x: str = "s
         grid = np.atleast_2d(cell["llc"].values)
         se = np.atleast_2d(cell["llc_se"].values)
         bad = np.atleast_2d(cell["healthy"].values != 1)
+        vmin, vmax = robust_limits(grid)  # per checkpoint: λ̂ differs between checkpoints
         mesh = ax.pcolormesh(grid, cmap="viridis", vmin=vmin, vmax=vmax)
+        fig.colorbar(mesh, ax=ax, extend="both", shrink=0.9)
         for (i, j), value in np.ndenumerate(grid):
             if not np.isfinite(value):  # failed or not run: grey, says which
                 status = np.atleast_2d(cell["status"].values)[i, j]
@@ -112,10 +134,10 @@ def plot_calibration(ds: xr.Dataset, path: str | Path | None = None, x: str = "s
             ax.set_yticks([])
         step = cell.coords.get("training_step")
         ax.set_title(f"{name}" + (f" (step {int(step)})" if step is not None else ""), fontsize=9)
-    fig.colorbar(mesh, ax=axes[0].tolist(), label="λ̂ (hatched: unhealthy verdict)")
     rest = ", ".join(f"{d}={sub[d].values.item()}" for d in fixed)
     over = "ε" + {"nbeta": " × nβ", "gamma": " × γ", None: ""}.get(y, f" × {y}")
-    fig.suptitle(f"calibration grid: λ̂ over {over}" + (f" at {rest}" if rest else ""))
+    fig.suptitle(f"calibration grid: λ̂ over {over}, hatched where the verdict is unhealthy"
+                 + (f" (at {rest})" if rest else ""))  # fmt: skip
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig

@@ -126,7 +126,7 @@ def fingerprint(spec: SweepSpec) -> dict[str, Any]:
 def run_on_ray(spec: SweepSpec, todo: list[tuple[Task, str]], out: Path, *, address: str | None,
                num_cpus: int | None, log: Callable[[str], None] | None) -> None:  # fmt: skip
     """Submit ``todo`` to Ray and write each record as its task finishes."""
-    import ray
+    ray = need("ray")
 
     started = not ray.is_initialized()
     address = address or os.environ.get("RAY_ADDRESS")
@@ -160,6 +160,19 @@ def run_on_ray(spec: SweepSpec, todo: list[tuple[Task, str]], out: Path, *, addr
     finally:
         if started:
             ray.shutdown()
+
+
+def need(package: str) -> Any:
+    """Import an optional dependency of the sweep, or say how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(package)
+    except ImportError as err:
+        raise SettingError(
+            f"slt-ppl sweep needs {package!r} ({err}); install it with pip install "
+            '"slt_ppl[sweep]" (ray, zarr, safetensors)'
+        ) from err
 
 
 def worker_env(resources: dict[str, Any], *, local: bool, cache: Path | None) -> dict[str, str]:
