@@ -68,7 +68,7 @@ def sequential(spec_dict: dict) -> dict:
     spec = load_spec(spec_dict)
     with np.load(spec.data) as npz:
         data = {k: npz[k] for k in npz.files}
-    walls, sampling = [], []
+    walls, sampling, compiling = [], [], []
     t0 = time.perf_counter()
     for task in expand(spec):
         record = run_task(payload(spec, task, "seq", spec.resources), data,
@@ -76,7 +76,9 @@ def sequential(spec_dict: dict) -> dict:
         assert record["status"] == "ok", record["error"]
         walls.append(record["values"]["wall_time_s"])
         sampling.append(record["values"]["sampling_time_s"])
+        compiling.append(record["values"]["compile_time_s"])
     return {"wall_s": time.perf_counter() - t0, "sampling_s": float(np.sum(sampling)),
+        "compile_and_trace_s": float(np.sum(compiling)),
             "first_task_s": walls[0], "median_task_s": float(np.median(walls))}  # fmt: skip
 
 
@@ -92,6 +94,7 @@ def on_ray(spec_dict: dict, out: Path, cpus: int) -> dict:
     ray.shutdown()
     assert (ds["status"] == "ok").all()
     return {"init_s": init_s, "wall_s": wall, "sampling_s": float(ds["sampling_time_s"].sum()),
+        "compile_and_trace_s": float(ds["compile_time_s"].sum()),
             "workers": len({r["pid"] for r in _records(out)})}  # fmt: skip
 
 
