@@ -86,7 +86,7 @@ def on_ray(spec_dict: dict, out: Path, cpus: int) -> dict:
     import ray
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     init_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     ds = sweep(spec_dict, out=out, plots=False, log=None)

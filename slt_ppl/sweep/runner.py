@@ -131,7 +131,9 @@ def run_on_ray(spec: SweepSpec, todo: list[tuple[Task, str]], out: Path, *, addr
     started = not ray.is_initialized()
     address = address or os.environ.get("RAY_ADDRESS")
     if started:
-        ray.init(address=address, num_cpus=None if address else (num_cpus or os.cpu_count()),
+        # "local": always a new Ray on this machine, even when a `ray start` cluster runs here
+        ray.init(address=address or "local",
+                 num_cpus=None if address else (num_cpus or os.cpu_count()),
                  include_dashboard=False, log_to_driver=False)  # fmt: skip
     try:
         res = spec.resources
