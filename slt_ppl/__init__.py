@@ -35,6 +35,7 @@ _LAZY = {
     "sample": ("slt_ppl.sampling", "sample"),
     "llc": ("slt_ppl.estimators.llc", "llc"),
     "wbic": ("slt_ppl.estimators.wbic", "wbic"),
+    "waic": ("slt_ppl.estimators.waic", "waic"),
     "compare": ("slt_ppl.compare", "compare"),
     "exact_llc": ("slt_ppl.reference", "exact_llc"),
     "diagnose": ("slt_ppl.diagnostics", "diagnose"),
@@ -42,6 +43,11 @@ _LAZY = {
     "effective_dimension": ("slt_ppl.estimators.effective_dimension", "effective_dimension"),
     "fisher": ("slt_ppl.estimators.fisher", "fisher"),
     "spectral": ("slt_ppl.estimators.spectral", "spectral"),
+    "bif": ("slt_ppl.estimators.observables", "bif"),
+    "top_pairs": ("slt_ppl.estimators.observables", "top_pairs"),
+    "susceptibility": ("slt_ppl.estimators.observables", "susceptibility"),
+    "llc_decomposition": ("slt_ppl.estimators.observables", "llc_decomposition"),
+    "probe_losses": ("slt_ppl.estimators.observables", "probe_losses"),
 }
 
 __all__ = [

@@ -49,10 +49,15 @@ def compare(
 ) -> xr.Dataset:
     """Sample ``posterior`` with each kernel and compare the LLC estimates.
 
+    Each kernel's λ̂ = nβ·(E[L_B(w)] − L_B(w*)) (:func:`slt_ppl.llc`; Lau et al. 2023) is checked
+    against the reference's: they agree when |λ̂ − λ̂_ref| ≤ z·√(se² + se_ref²) (a z-test on the
+    difference of two independent estimates).
+
     Args:
         posterior: from :func:`slt_ppl.localize`.
         kernels: kernel names or :class:`~slt_ppl.kernels.Kernel` objects (named by
-        ``kernel.name``). reference: the name of the kernel the others are checked against (must be
+            ``kernel.name``).
+        reference: the name of the kernel the others are checked against (must be
             in ``kernels``); ``"exact"``: the exact value of the same posterior
             (:func:`slt_ppl.reference.exact_llc`, called with ``reference_options``); ``None``
             skips the agreement check.

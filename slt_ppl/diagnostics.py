@@ -146,7 +146,10 @@ def health_checks(
 
 def diagnose(result: xr.DataTree, thresholds: HealthThresholds | None = None) -> xr.Dataset:
     """The health checks of :func:`slt_ppl.llc` on a sampling result (paired loss difference,
-    healthy chains, bias check included). With a ``temperature`` dim the checks are computed per
+    healthy chains, bias check included): R-hat ≤ 1.05 and ESS ≥ 100 of block means of the
+    trace (rank-normalized split R-hat and bulk ESS, Vehtari et al. 2021), mean MALA-diagnostic
+    acceptance ≥ 0.90 (Furman & Lau 2024, App. D), trend z ≤ 4, and the first-order heating
+    (ε/8)·(E[tr ∇²(nβL_B)] + c·E[tr Σ_B]) ≤ max(2 se, 5 % of λ̂) (``estimators/bias.py``). With a ``temperature`` dim the checks are computed per
     temperature (dims temperature, check; attrs ``healthy``: all temperatures healthy)."""
     from slt_ppl.estimators._common import TEMPERATURE, stats_of, temperature_slices
     from slt_ppl.estimators.llc import checks_of

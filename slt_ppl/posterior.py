@@ -42,6 +42,13 @@ class LocalPosterior:
         backend: "numpyro", "jax" (a plain loss function) or "pyro".
         constrain: maps the dict of unconstrained site values to constrained ones (identity for "jax").
         info: free-form description (model name, how γ was chosen, ...), copied into result attrs.
+        per_sample_loss: ``per_sample_loss(w, batch) -> ℓ``, the per-row negative log-likelihoods
+            ℓ_i(w) = −log p(row i | w), shape (b,), or per token, shape (b, T): ℓ_it =
+            −log p(token t of row i | its context, w). The convention (seam 1): ``loss_fn`` is the
+            mean of ℓ over every entry (rows, and tokens), so for per-token losses L_n is the mean
+            per-token NLL and n counts rows (sequences; see docs/observables.md for nβ). None
+            (default): per-row losses are ``loss_fn`` on one-row batches, vmapped
+            (``sampling.observe.row_loss_fn``). Used by ``sample(..., observe=...)``.
     """
 
     loss_fn: Callable[[Array, Batch], Array]
@@ -55,6 +62,7 @@ class LocalPosterior:
     backend: str
     constrain: Callable[[dict[str, Array]], dict[str, Array]] = field(default=lambda p: p)
     info: dict[str, Any] = field(default_factory=dict)
+    per_sample_loss: Callable[[Array, Batch], Array] | None = None
 
     @property
     def dim(self) -> int:

@@ -40,6 +40,10 @@ class TorchLocalPosterior:
         constrain: dict of unconstrained site values → constrained values.
         info: free-form description copied into result attrs (incl. ``loss_center_full``).
         device: where data, center and chains live (cuda if available, else cpu, unless chosen).
+        per_sample_loss: ``per_sample_loss(w, batch) -> ℓ`` of shape (b,) (per row) or (b, T)
+            (per token), plain torch ops (vmapped over chains); ``loss_fn`` is the mean of ℓ over
+            all entries. None: ``loss_fn`` on one-row batches, vmapped. Same convention as
+            :class:`slt_ppl.posterior.LocalPosterior` (seam 1).
     """
 
     loss_fn: Callable[[Tensor, Batch], Tensor]
@@ -54,6 +58,7 @@ class TorchLocalPosterior:
     constrain: Callable[[dict[str, Tensor]], dict[str, Tensor]] = field(default=lambda p: p)
     info: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    per_sample_loss: Callable[[Tensor, Batch], Tensor] | None = None
 
     @property
     def dim(self) -> int:

@@ -85,7 +85,12 @@ def exact_llc(
     rel_tol: float = 1e-4,
     progress: bool = False,
 ) -> xr.Dataset:
-    """The exact LLC of ``posterior`` (module docstring): NUTS or quadrature on the same target.
+    """The exact LLC of ``posterior``: NUTS or quadrature on the same target.
+
+    λ_f = f·nβ·(E_{p_f}[L_n(w)] − L_n(w*)) with p_f(w) ∝ exp(−f·nβ·L_n(w) − (γ/2)·‖w − w*‖²), full
+    batch (Lau, Furman, Wang, Murfet, Wei 2023, arXiv 2308.12108); with two factors also
+    λ̂₂ = (λ_1/f_1 − λ_2/f_2)/(1/f_1 − 1/f_2) (Watanabe 2013). Methods and their convergence
+    checks: the module docstring.
 
     Args:
         posterior: a ``LocalPosterior`` (JAX/NumPyro) or ``TorchLocalPosterior`` (Pyro).

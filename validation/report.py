@@ -208,7 +208,7 @@ PLOTS = {
 }
 TABLES = {
     "dln_sweep": ("run", ["size_class", "widths", "rank", "dim", "step_method", "theory", "llc",
-                          "llc_se", "rel_err", "step_size", "healthy", "wall_time_s"]),
+                          "llc_se", "llc2", "rel_err", "step_size", "healthy", "wall_time_s"]),
     "closed_forms": ("case", ["case", "n", "theory", "llc", "llc_se", "rel_err", "exact",
                               "z_exact", "exact_gap", "exact_sxy0", "gamma", "step_size",
                               "healthy"]),

@@ -230,8 +230,20 @@ def localize_pyro(
     A ``torch.nn.Module`` is first turned into a Pyro model by :func:`from_module`
     (``module_options``:
     likelihood, noise, input_key, target_key); its center defaults to the module's current weights.
+    With ``loss_fn=`` (``loss_fn(module_output, batch) -> ℓ``, shape (b,) or (b, T)) the module's
+    loss is the user's instead (:func:`localize_module_loss`).
     ``device`` defaults to the module's device, else cuda if available, else cpu.
     """
+    if isinstance(model, torch.nn.Module) and module_options.get("loss_fn") is not None:
+        extra = sorted(set(module_options) - {"loss_fn", "input_key"})
+        if extra:
+            raise SettingError(
+                f"options {extra} do not apply with loss_fn=: the user's loss replaces the "
+                "likelihood (loss_fn(module_output, batch) -> per-row or per-token NLL)"
+            )
+        return localize_module_loss(
+            model, data, center, nbeta=nbeta, gamma=gamma, device=device, **module_options
+        )
     if isinstance(model, torch.nn.Module):
         first = next(model.parameters(), None)
         device = device or (first.device if first is not None else None)
@@ -271,6 +283,93 @@ def localize_pyro(
             model, tdata, constrain(unravel(flat_center)), observed
         ),
     )
+
+
+def localize_module_loss(
+    module: torch.nn.Module,
+    data: Mapping[str, Any],
+    center: Mapping[str, Any] | None = None,
+    *,
+    loss_fn: Callable[[Any, Mapping[str, Tensor]], Tensor],
+    input_key: str = "x",
+    nbeta: float | None = None,
+    gamma: float | str | None = None,
+    device: str | torch.device | None = None,
+) -> TorchLocalPosterior:
+    """The local posterior of an ``nn.Module`` under a user loss (no Pyro model involved).
+
+    ``loss_fn(module_output, batch) -> ℓ`` returns the per-row NLL, shape (b,), or the per-token
+    NLL, shape (b, T), where ``module_output = functional_call(module, params, batch[input_key])``.
+    Then per_sample_loss(w, batch) = ℓ and L_B(w) = mean of ℓ over rows and tokens. Counting (docs/
+    observables.md): n = rows (sequences, the i.i.d. units that minibatches draw); for per-token
+    losses L_n is the mean per-token NLL and the default nβ is T·n/log n, so that nβ·L_n =
+    β·Σ_rows NLL(row) with β = 1/log n (Watanabe's WBIC temperature for n sequences): the same
+    tempered posterior as per-sequence losses, and λ̂ the LLC of the sequence model. One latent
+    site per named parameter (unconstrained, identity transform); buffers keep their values.
+    """
+    names_shapes = {name: tuple(p.shape) for name, p in module.named_parameters()}
+    if not names_shapes:
+        raise ModelError("the module has no parameters: there is nothing to sample")
+    if not callable(loss_fn):
+        raise SettingError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    first = next(module.parameters())
+    dev = torch.device(device) if device is not None else first.device
+    arrays, n = validate_data(data)
+    if input_key not in arrays:
+        raise SettingError(f"the data dict has no input key {input_key!r} (keys {sorted(arrays)})")
+    tdata = {k: _data_tensor(v, dev) for k, v in arrays.items()}
+    weights = {k: p.detach() for k, p in module.named_parameters()} if center is None else center
+    params, _ = unconstrain_center(weights, {k: {"value": torch.zeros(s), "fn": _REAL} for k, s in
+                                             names_shapes.items()}, dev)  # fmt: skip
+    unravel = make_unravel(names_shapes)
+    flat_center = torch.cat([v.reshape(-1) for v in params.values()])
+
+    def per_sample_loss(w: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        output = torch.func.functional_call(module, unravel(w), (batch[input_key],))
+        return loss_fn(output, batch)
+
+    def mean_loss(w: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        return torch.mean(per_sample_loss(w, batch))
+
+    tokens = _loss_tokens(per_sample_loss, flat_center, tdata, n)
+    info = {"model": f"{type(module).__name__}_loss_fn", "tokens_per_row": tokens}
+    if nbeta is None and tokens:
+        nbeta = tokens * n / math.log(n)
+        info["nbeta_rule"] = "T*n/log n (n rows of T tokens; docs/observables.md)"
+    post = finish_posterior(
+        loss_fn=mean_loss, data=tdata, n=n, center=flat_center, unravel=unravel,
+        sites=names_shapes, constrain=lambda p: p, nbeta=nbeta, gamma=gamma, device=dev,
+        info=info,
+    )  # fmt: skip
+    return post.replace(per_sample_loss=per_sample_loss)
+
+
+_REAL = SimpleNamespace(support=dist.constraints.real)
+
+
+def _loss_tokens(
+    per_sample_loss: Callable[[Tensor, Mapping[str, Tensor]], Tensor],
+    center: Tensor,
+    data: Mapping[str, Tensor],
+    n: int,
+) -> int:
+    """Tokens per row of the user's loss (0 for per-row losses), checked on a few rows."""
+    rows = min(n, 4)
+    try:
+        with torch.no_grad():
+            values = per_sample_loss(center, {k: v[:rows] for k, v in data.items()})
+    except Exception as err:  # the user's module or loss failed: say which call
+        raise ModelError(
+            f"loss_fn(module(batch[input_key]), batch) failed on {rows} rows with "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    if not isinstance(values, Tensor) or values.dim() not in (1, 2) or values.shape[0] != rows:
+        shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+        raise ModelError(
+            f"loss_fn must return per-row losses of shape ({rows},) or per-token losses of shape "
+            f"({rows}, T) for a batch of {rows} rows, got {shape}"
+        )
+    return int(values.shape[1]) if values.dim() == 2 else 0
 
 
 def nonfinite_sites(

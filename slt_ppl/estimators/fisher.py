@@ -88,6 +88,11 @@ def fisher(
 ) -> FisherResult:
     """Fisher information spectra of ``model(**data)`` at ``num_theta`` parameter draws.
 
+    F(θ) = E_x E_{y~p(y|x,θ)}[∇log p(y|x,θ) ∇log p(y|x,θ)ᵀ] (Abbas et al. 2021, arXiv
+    2011.00027), estimated from k per-sample scores J (k × d) as F = JᵀJ/k; its non-zero
+    eigenvalues are those of JJᵀ/k, so each θ costs O(k³ + k²d), never O(d³). ``empirical=True``
+    uses the observed y (the "empirical Fisher", a different quantity away from the truth).
+
     Args:
         model: NumPyro or Pyro model called as ``model(**data)``; observed sites take ``obs=``
             from data.
@@ -153,6 +158,9 @@ def fisher_from_loglik(
     keep_scores: bool = False,
 ) -> FisherResult:
     """Empirical Fisher spectra from a plain JAX log-likelihood ``loglik(params_flat, x_i, y_i)``.
+
+    F(θ) = JᵀJ/k with J_i = ∇_θ loglik(θ, x_i, y_i) at the observed y (the empirical Fisher;
+    Abbas et al. 2021 define F with y drawn from the model: use :func:`fisher` for that).
 
     ``theta`` is (num_theta, d); ``x`` and ``y`` have the data axis first; ``layers`` maps layer
     names to column indices of params_flat. Scores come from ``jax.vmap(jax.grad(loglik))`` over

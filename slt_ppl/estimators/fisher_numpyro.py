@@ -111,10 +111,13 @@ class NumPyroModelInfo:
         return ravel_pytree([u[k] for k in self.site_names])[0]
 
     def constrain(self, u_flat: jax.Array) -> dict[str, jax.Array]:
+        """Site values θ = T(u) from the flat unconstrained vector, T = ``biject_to(support)``."""
         u = self.unravel(u_flat)
         return {k: self.transforms[k](v) for k, v in zip(self.site_names, u, strict=True)}
 
     def prior_draws(self, num: int, seed: int) -> np.ndarray:
+        """``num`` draws θ ~ prior, returned as flat unconstrained rows u = T⁻¹(θ), (num, d)."""
+
         def one(key):
             tr = handlers.trace(handlers.seed(self.model, key)).get_trace(
                 **self.batched, **self.static
@@ -125,6 +128,7 @@ class NumPyroModelInfo:
         return np.asarray(jax.vmap(one)(keys), dtype=np.float64)
 
     def to_unconstrained(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Rows u = T⁻¹(θ) for user-given constrained draws ``{site: (num, *shape)}``."""
         missing = [k for k in self.site_names if k not in values]
         if missing:
             raise DataError(f"theta draws miss latent site(s) {missing}")
@@ -155,6 +159,7 @@ class NumPyroModelInfo:
         return {k: tr[k]["value"] for k in self.observed}
 
     def observed_values(self) -> dict[str, jax.Array]:
+        """The observed sites' values as passed in the data (the empirical Fisher's y)."""
         tr = handlers.trace(handlers.seed(self.model, 0)).get_trace(**self.batched, **self.static)
         return {k: tr[k]["value"] for k in self.observed}
 

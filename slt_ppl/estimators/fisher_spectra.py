@@ -158,6 +158,7 @@ class FisherResult:
 
     @property
     def num_theta(self) -> int:
+        """Number of parameter draws θ the spectra were computed at."""
         return int(self.eigenvalues.shape[0])
 
     def matrix(self, index: int = 0) -> np.ndarray:

@@ -95,6 +95,7 @@ class PyroModelInfo:
         self.dtype = torch.get_default_dtype()
 
     def constrain(self, u_flat: Any) -> dict[str, Any]:
+        """Site values θ = T(u) from the flat unconstrained tensor, T = ``biject_to(support)``."""
         out = {}
         for k in self.site_names:
             cols = self.site_columns[k]
@@ -106,6 +107,7 @@ class PyroModelInfo:
         return self.torch.cat([u[k].reshape(-1) for k in self.site_names])
 
     def prior_draws(self, num: int, seed: int) -> np.ndarray:
+        """``num`` draws θ ~ prior, returned as flat unconstrained rows u = T⁻¹(θ), (num, d)."""
         self.pyro.set_rng_seed(seed)
         rows = []
         with self.pyro.validation_enabled(False):
@@ -116,6 +118,7 @@ class PyroModelInfo:
         return np.stack(rows)
 
     def to_unconstrained(self, values: Mapping[str, Any]) -> np.ndarray:
+        """Rows u = T⁻¹(θ) for user-given constrained draws ``{site: (num, *shape)}``."""
         missing = [k for k in self.site_names if k not in values]
         if missing:
             raise DataError(f"theta draws miss latent site(s) {missing}")

@@ -49,9 +49,13 @@ class ModelInfo(Protocol):
     site_names: list[str]
     d: int
 
-    def prior_draws(self, num: int, seed: int) -> np.ndarray: ...
+    def prior_draws(self, num: int, seed: int) -> np.ndarray:
+        """``num`` prior draws as flat unconstrained rows, shape (num, d)."""
+        ...
 
-    def to_unconstrained(self, values: Mapping[str, np.ndarray]) -> np.ndarray: ...
+    def to_unconstrained(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Flat unconstrained rows for constrained draws ``{site: (num, *shape)}``."""
+        ...
 
 
 ThetaSpec = str | float | Box | Local | Mapping[str, Any] | np.ndarray | Any

@@ -38,6 +38,10 @@ def wbic(
 ) -> xr.Dataset:
     """WBIC from a sampling result run at nβ = n/log n (a warning says so if it was not).
 
+    WBIC = E_β[n·L_n(w)] at β = 1/log n (Watanabe 2013, JMLR 14:867), estimated as
+    n·(L_n(w*) + mean_t[L_B(w_t) − L_B(w*)]) (paired) or n·mean_t[L_B(w_t)] (unpaired), over the
+    draws of the localized posterior; λ from WBIC = (WBIC − n·L_n(w*))/log n.
+
     Returns ``wbic``, ``wbic_se``, ``wbic_per_chain``, ``n_loss_center`` (n·L_n(w*)),
     ``llc_from_wbic`` = (WBIC − n·L_n(w*))/log n, and the health checks of :func:`slt_ppl.llc`.
     A multi-temperature result (a ``temperature`` dim) is read at the temperature whose nβ is

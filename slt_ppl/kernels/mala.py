@@ -18,7 +18,9 @@ Array = jax.Array
 
 
 def mala() -> Kernel:
-    """Metropolis-adjusted Langevin kernel; its state is BlackJAX's ``MALAState``."""
+    """Metropolis-adjusted Langevin kernel (Roberts & Rosenthal 1998): proposal
+    w' = w − (ε/2)∇U(w) + √ε·ξ, accepted with probability
+    min{1, exp[U(w) − U(w') + log q(w|w') − log q(w'|w)]}; its state is BlackJAX's ``MALAState``."""
     bj_kernel = bj_mala.build_kernel()
 
     def init(key: Array, position: Array, potential_fn: PotentialFn) -> bj_mala.MALAState:

@@ -63,11 +63,15 @@ Array = jax.Array
 
 
 class SGHMCState(NamedTuple):
+    """Chain state of SGHMC: position and the half-step momentum."""
+
     position: Array
     momentum: Array  # half-step momentum (the one that moved ``position`` here)
 
 
 class SGNHTState(NamedTuple):
+    """Chain state of SGNHT: position, half-step momentum and the thermostat ζ."""
+
     position: Array
     momentum: Array
     thermostat: Array  # ζ: friction per step, damping exp(−ζ)
@@ -128,7 +132,9 @@ def _obabo(
 
 
 def sghmc(friction: float = 0.1) -> Kernel:
-    """SGHMC with persistent momentum; ``friction`` ∈ (0, 1] = 1 − a₀, the per-step damping."""
+    """SGHMC with persistent momentum (Chen, Fox, Guestrin 2014), integrated by OBABO with h = √ε:
+    p ← p − (h/2)g; p ← a₀p + √(1 − a₀²)ξ; p ← p − (h/2)g; w ← w + h·p (module docstring).
+    ``friction`` ∈ (0, 1] = 1 − a₀, the per-step damping."""
     check_friction(friction, sgnht=False)
     damping = 1.0 - friction
     noise_scale = math.sqrt(1.0 - damping**2)
@@ -158,7 +164,9 @@ def thermostat_rate(friction: float, thermostat_steps: float) -> float:
 
 
 def sgnht(friction: float = 0.1, thermostat_steps: float = 100.0) -> Kernel:
-    """SGNHT; ``friction`` ∈ (0, 1) sets the noise √(1 − a₀²), a₀ = 1 − friction, and the
+    """SGNHT (Ding et al. 2014): the SGHMC step with damping a = exp(−ζ) and a thermostat
+    ζ ← ζ + r·(|p|²/d − 1), r = (1 − a₀²)/(2a₀²·τ) (module docstring).
+    ``friction`` ∈ (0, 1) sets the noise √(1 − a₀²), a₀ = 1 − friction, and the
     thermostat's start −log a₀; ``thermostat_steps`` (> 0) its relaxation time in steps."""
     check_friction(friction, sgnht=True, thermostat_steps=thermostat_steps)
     noise_scale = math.sqrt(1.0 - (1.0 - friction) ** 2)

@@ -17,12 +17,16 @@ Array = jax.Array
 
 
 class Preconditioner(NamedTuple):
+    """A diagonal preconditioner G: ``init(position) -> state``, ``update(state, grad) -> (state, G)``."""
+
     name: str
     init: Callable[[Array], Any]
     update: Callable[[Any, Array], tuple[Any, Array]]
 
 
 class RMSPropState(NamedTuple):
+    """RMSprop's running second moment V of the gradients and its update count t."""
+
     second_moment: Array
     count: Array
 

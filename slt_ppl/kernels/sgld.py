@@ -22,12 +22,16 @@ Array = jax.Array
 
 
 class SGLDState(NamedTuple):
+    """Chain state of (preconditioned) SGLD: the position and the preconditioner's state."""
+
     position: Array
     precond_state: Any
 
 
 def sgld(preconditioner: Preconditioner | None = None) -> Kernel:
-    """Build an (optionally preconditioned) SGLD kernel."""
+    """Build an (optionally preconditioned) SGLD kernel:
+    w ← w − (ε/2)·G⊙∇U_B(w) + √(ε·G)⊙ξ, ξ ~ N(0, I), G = 1 without a preconditioner
+    (Welling & Teh 2011; preconditioned: Li et al. 2016, without the Γ correction term)."""
     precond = preconditioner or identity()
     langevin = overdamped_langevin()
 
@@ -65,7 +69,8 @@ def sgld(preconditioner: Preconditioner | None = None) -> Kernel:
 def rmsprop_sgld(
     alpha: float = 0.99, delta: float = 1e-5, freeze_after: int | None = None
 ) -> Kernel:
-    """pSGLD with the RMSprop preconditioner (Li et al. 2016); ``slt_ppl.sample`` freezes the
+    """pSGLD with the RMSprop preconditioner (Li et al. 2016): V ← αV + (1−α)g²,
+    G = 1/(√V̂ + δ), then the SGLD step with G (:func:`sgld`); ``slt_ppl.sample`` freezes the
     preconditioner at the end of burn-in unless told otherwise (see ``preconditioners.rmsprop``)."""
     kernel = sgld(rmsprop(alpha, delta, freeze_after))
     return kernel._replace(

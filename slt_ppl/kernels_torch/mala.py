@@ -25,6 +25,8 @@ from slt_ppl.kernels_torch.base import (
 
 
 class MALAState(NamedTuple):
+    """Batched MALA state (C chains): position, potential U and its gradient at the position."""
+
     position: Tensor  # (C, d)
     potential: Tensor  # (C,)
     grad: Tensor  # (C, d)

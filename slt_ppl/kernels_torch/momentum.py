@@ -22,6 +22,8 @@ from slt_ppl.kernels_torch.base import StepInfo, Tensor, TorchKernel, ValueAndGr
 
 
 class MomentumState(NamedTuple):
+    """Batched SGHMC / SGNHT state (C chains): position, half-step momentum, thermostat ζ."""
+
     position: Tensor  # (C, d)
     momentum: Tensor  # (C, d) half-step momentum (the one that moved ``position`` here)
     thermostat: Tensor  # (C,) ζ for SGNHT (friction per step), NaN for SGHMC

@@ -18,6 +18,8 @@ from slt_ppl.kernels_torch.base import StepInfo, Tensor, TorchKernel, ValueAndGr
 
 
 class SGLDState(NamedTuple):
+    """Batched (RMSprop-)SGLD state (C chains): position, RMSprop second moment and count."""
+
     position: Tensor  # (C, d)
     second_moment: Tensor  # (C, d) RMSprop V ((C, 0) for plain SGLD)
     count: Tensor  # (C,) RMSprop step count

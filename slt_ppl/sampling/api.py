@@ -46,6 +46,8 @@ def sample(
     stream_to: str | os.PathLike[str] | None = None,
     devices: Any = None,
     temperatures: tuple[float, ...] | None = None,
+    observe: dict[str, dict[str, Any]] | None = None,
+    observe_every: int = 1,
     **legacy: Any,
 ) -> xr.DataTree:
     """Sample the local posterior with ``num_chains`` chains in one compiled (JAX) or batched
@@ -98,6 +100,15 @@ def sample(
             (``sampling.temperatures``); the result gains a ``temperature`` dim and
             :func:`slt_ppl.llc` the two-temperature estimate. One step size serves every
             temperature (tuned on all chains together).
+        observe: probe sets ``{name: data dict}`` (the sampling data's keys, row shapes and
+            dtypes; any number of rows): at every ``observe_every``-th sample draw the per-row
+            (per-token) losses ℓ_i(w_t) of each set are evaluated inside the compiled loop and
+            returned as ``sample_stats["loss_<name>"]`` (dims chain, draw, <name>[,
+            <name>_token]; the draw dim is ``observed_draw`` when ``observe_every`` > 1) with
+            ``loss_<name>_center`` = ℓ_i(w*). Cost and memory: docs/observables.md;
+            estimators: :func:`slt_ppl.bif`, :func:`slt_ppl.susceptibility`,
+            :func:`slt_ppl.llc_decomposition` (``sampling.observe``).
+        observe_every: k, observe sample draws 0, k, 2k, ... (default 1: every draw).
         **legacy: the old flat keywords, still accepted: ``diag_every``, ``num_segments``,
             ``shared_batches`` (→ plan), ``explode``, ``retry_on_divergence``,
             ``max_diverged_fraction`` (→ divergence), ``checkpoint_every``, ``resume`` (→
@@ -115,7 +126,7 @@ def sample(
         num_draws=num_draws, num_burnin=num_burnin, thin=thin, seed=seed, keep_draws=keep_draws,
         init_jitter=init_jitter, progress=progress, kernel_options=kernel_options, plan=plan,
         divergence=divergence, checkpoint=checkpoint, stream_to=stream_to, devices=devices,
-        temperatures=temperatures,
+        temperatures=temperatures, observe=observe, observe_every=observe_every,
     )  # fmt: skip
     return run(backend_for(posterior), posterior, settings)
 

@@ -37,6 +37,7 @@ from slt_ppl.errors import SettingError
 from slt_ppl.sampling.checkpoint import checkpoint_path, load_for_resume
 from slt_ppl.sampling.defaults import DEFAULT_BATCH_SIZE, MAX_STEPS, auto_thin, choose_kernel
 from slt_ppl.sampling.loop import DrawRecord
+from slt_ppl.sampling.observe import NEVER, prepare, record_key
 from slt_ppl.sampling.options import RunSettings, check_settings, checkpoint_settings
 from slt_ppl.sampling.recovery import run_with_recovery
 from slt_ppl.sampling.result import build_result
@@ -64,7 +65,7 @@ class Backend(Protocol):
 
     def runner(
         self, posterior: Any, kernel: Any, batch: int, s: RunSettings, num_chains: int,
-        nbeta_factors: np.ndarray | None,
+        nbeta_factors: np.ndarray | None, probes: Any = None,
     ) -> Any: ...  # fmt: skip
 
     def keys(
@@ -107,9 +108,16 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
     check_settings(
         s, posterior.n, backend.kernel_names, backend.full_batch_kernels, backend.external_kernels
     )
-    if isinstance(s.kernel, str) and s.kernel in backend.external_kernels:
+    external = isinstance(s.kernel, str) and s.kernel in backend.external_kernels
+    if external and s.observe is not None:
+        raise SettingError(
+            f"observe works with slt_ppl's own kernels, not the PPL's {s.kernel!r}; sample with "
+            "keep_draws=True and evaluate the probe losses on the draws instead"
+        )
+    if external:
         return backend.sample_external(posterior, replace(s, thin=1 if s.thin is None else s.thin))
-    setup = _setup(backend, posterior, s)
+    probes = prepare(posterior, s.observe, s.observe_every)
+    setup = _setup(backend, posterior, s, probes)
     ckpt_file = checkpoint_path(s.checkpoint.path) if s.checkpoint is not None else None
     resume = s.checkpoint is not None and s.checkpoint.resume
     restored = load_for_resume(ckpt_file, setup.settings) if resume else None
@@ -128,7 +136,8 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
     compile_before = setup.runner.stats.get("compile_time_s", 0.0)
     try:
         records, state, wall, outcome = run_with_recovery(
-            lambda *a, **kw: run_segments(*a, **kw, stream=stream), setup.runner, setup.state,
+            lambda *a, **kw: run_segments(*a, **kw, stream=stream, observe_from=s.burnin_draws),
+            setup.runner, setup.state,
             setup.chain_keys, setup.batch_keys, step_size, s.total_draws, s.plan.num_segments,
             s.progress, settings=setup.settings, tuning=tuning, checkpoint_file=ckpt_file,
             checkpoint_every=s.checkpoint.every if s.checkpoint else 1, restored=restored,
@@ -154,7 +163,7 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
     tree = build_result(
         posterior, records, num_burnin_draws=s.burnin_draws,
         diverged_at=backend.diverged_at(state), attrs=attrs,
-        keep_draws=s.keep_draws and stream is None,
+        keep_draws=s.keep_draws and stream is None, probes=probes,
     )  # fmt: skip
     if setup.factors is not None:
         tree = split_temperatures(tree, setup.factors)
@@ -163,7 +172,7 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
     return tree
 
 
-def _setup(backend: Backend, posterior: Any, s: RunSettings) -> Setup:
+def _setup(backend: Backend, posterior: Any, s: RunSettings, probes: Any = None) -> Setup:
     """Kernel, minibatch size, chain layout (temperature-major; chain c has the same keys at every
     temperature: common random numbers, ``sampling.temperatures``), step program, keys and the
     initial state."""
@@ -176,7 +185,13 @@ def _setup(backend: Backend, posterior: Any, s: RunSettings) -> Setup:
     chain_index = np.arange(s.num_chains * (1 if factors is None else len(factors))) % s.num_chains
     per_chain_factors = None if factors is None else chain_factors(factors, s.num_chains)
     runner = backend.runner(
-        posterior, kern, batch, replace(s, thin=s.thin or 1), len(chain_index), per_chain_factors
+        posterior,
+        kern,
+        batch,
+        replace(s, thin=s.thin or 1),
+        len(chain_index),
+        per_chain_factors,
+        probes,
     )
     chain_keys, batch_keys = backend.keys(s.seed, CHAIN_STREAM, chain_index, s.plan.shared_batches)
     positions = backend.initial_positions(posterior, chain_keys, float(s.init_jitter))
@@ -185,6 +200,7 @@ def _setup(backend: Backend, posterior: Any, s: RunSettings) -> Setup:
         "posterior": _posterior_settings(posterior),
         "kernel_params": kern.params,
         "batch": batch,
+        **({} if probes is None else {"observe": probes.settings()}),
     }
     return Setup(
         kern, batch, factors, chain_index, runner, chain_keys, batch_keys,
@@ -273,22 +289,21 @@ def run_segments(
     done: dict[str, np.ndarray] | None = None,
     on_segment: Callable[[Any, int, int, Callable[[], dict[str, np.ndarray]]], None] | None = None,
     stream: Any = None,
+    observe_from: int = NEVER,
 ) -> tuple[dict[str, np.ndarray], Any, float]:
     """Run draws ``start..total`` segment by segment (``done``: records of draws before
     ``start``); ``on_segment(state, next_draw, segments_done, records)`` is called after each
     segment (the checkpoint hook; ``records()`` concatenates the draws so far). Segments have
-    ceil(total / num_segments) draws; the keys are counters, so the cut changes nothing."""
+    ceil(total / num_segments) draws; the keys are counters, so the cut changes nothing. Probe
+    sets (if the runner has any) are observed from global draw ``observe_from`` on."""
     from tqdm.auto import tqdm
 
     seg = max(1, math.ceil(total / max(1, num_segments)))
     programs: dict[int, Any] = {}
-    pieces: list[Any] = [] if done is None else [DrawRecord(**done)]
+    pieces: list[dict[str, np.ndarray]] = [] if done is None else [done]
 
     def concat() -> dict[str, np.ndarray]:
-        return {
-            name: np.concatenate([np.asarray(getattr(p, name)) for p in pieces], axis=1)
-            for name in DrawRecord._fields
-        }
+        return {name: np.concatenate([p[name] for p in pieces], axis=1) for name in pieces[0]}
 
     segments_done = 0
     t0 = time.perf_counter()
@@ -301,17 +316,28 @@ def run_segments(
             length = min(seg, total - start)
             if length not in programs:
                 programs[length] = runner.build(length)
-            state, piece = programs[length](state, chain_keys, batch_keys, step_size, start)
+            state, piece = programs[length](
+                state, chain_keys, batch_keys, step_size, start, observe_from=observe_from
+            )
             if stream is not None:  # hand the draws to disk, keep only the statistics
                 stream.append(piece)
                 piece = piece._replace(position=np.zeros((*piece.loss.shape, 0), piece.loss.dtype))
-            pieces.append(piece)
+            pieces.append(host_record(piece))
             start += length
             segments_done += 1
             bar.update(length * runner.thin)
             if on_segment is not None:
                 on_segment(state, start, segments_done, concat)
     return concat(), state, time.perf_counter() - t0
+
+
+def host_record(piece: DrawRecord) -> dict[str, np.ndarray]:
+    """A segment's record as the flat dict of NumPy arrays that checkpoints store: the fields,
+    and each probe set's losses under ``observe_<name>``."""
+    out = {f: np.asarray(getattr(piece, f)) for f in DrawRecord._fields if f != "observed"}
+    for name, value in (piece.observed or {}).items():
+        out[record_key(name)] = np.asarray(value)
+    return out
 
 
 def _posterior_settings(posterior: Any) -> dict[str, Any]:

@@ -54,7 +54,7 @@ class JaxBackend:
 
     def runner(
         self, posterior: LocalPosterior, kernel: Any, batch: int, s: RunSettings, num_chains: int,
-        nbeta_factors: np.ndarray | None,
+        nbeta_factors: np.ndarray | None, probes: Any = None,
     ) -> SegmentRunner:  # fmt: skip
         self.devices = sharding.resolve_devices(s.devices, num_chains)
         self.mesh = sharding.chain_mesh(self.devices) if self.devices else None
@@ -63,6 +63,7 @@ class JaxBackend:
             s.keep_draws or s.stream_to is not None, s.plan.shared_batches,
             float(s.divergence.explode), mesh=self.mesh,
             nbeta_factors=None if nbeta_factors is None else jnp.asarray(nbeta_factors),
+            probes=probes,
         )  # fmt: skip
 
     def keys(

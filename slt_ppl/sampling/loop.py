@@ -14,6 +14,11 @@ App. D) costs one more gradient on the same minibatch, only every ``diag_every``
 (``lax.cond`` on the unbatched draw index, so it is a real branch, not a select, under
 ``vmap``).
 
+Probe sets (``sample(..., observe=...)``, ``sampling.observe``): on observed draws the per-row
+(per-token) losses of each probe set at w_t are computed in a ``lax.cond`` branch (the draw index is
+not batched over chains, so this is a real branch too) and written into the draw's record, NaN on
+the other draws; the host keeps the observed draws only.
+
 Divergence: a step whose potential or new position is non-finite, or whose loss rises by more
 than ``explode`` above L_B(w*), freezes its chain at the last finite state and records the step
 index in ``diverged_at``; later records of that chain are NaN. Healthy chains are unaffected.
@@ -41,6 +46,7 @@ import numpy as np
 from slt_ppl.compile_cache import cached_call, compile_lowered
 from slt_ppl.kernels.base import Kernel
 from slt_ppl.posterior import LocalPosterior
+from slt_ppl.sampling.observe import NEVER, Probes, row_loss_fn
 
 Array = jax.Array
 
@@ -59,6 +65,9 @@ class DrawRecord(NamedTuple):
     position: Array  # shape (0,) unless draws are kept
     laplacian: Array  # tr(G·∇²(nβ·L_B))(w_t), Hutchinson, one probe; NaN off diagnostic draws
     grad_noise: Array  # tr(G·Σ_B)(w_t) from half-batch gradients; 0 full batch; NaN off diag draws
+    # probe name -> per-row (per-token) losses at w_t (``sampling.observe``); NaN off observed draws
+    # inside the program, only observed draws once a segment is on the host
+    observed: Any = None
 
 
 def mala_log_acceptance(
@@ -166,6 +175,7 @@ class SegmentRunner:
     mesh: Any = None
     chunk: int = 100
     nbeta_factors: Any = None  # (C,) per-chain factors of nβ (temperatures), None = all 1
+    probes: Probes | None = None  # probe sets observed every k-th sample draw (sampling.observe)
     stats: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
     programs: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -391,6 +401,8 @@ class SegmentRunner:
             grad_noise=jnp.where(alive, grad_noise, nan),
         )
 
+        record = record._replace(observed=self._observe(ctx, w, i, alive))
+
         def rest(carry: ChainState, j: Array) -> tuple[ChainState, None]:
             t = t0 + j
             b = self.batch(batch_key, t, post.data)
@@ -401,6 +413,24 @@ class SegmentRunner:
         if self.thin > 1:
             new_state, _ = jax.lax.scan(rest, new_state, jnp.arange(1, self.thin))
         return new_state, record
+
+    def _observe(self, ctx: _Context, w: Array, i: Array, alive: Array) -> dict[str, Array]:
+        """Per-row (per-token) losses of every probe set at w on observed draws (a real branch:
+        ``i`` is not batched over chains), NaN-filled otherwise and for dead chains."""
+        if self.probes is None:
+            return {}
+        per_row = row_loss_fn(self.posterior)
+        shapes, every = self.probes.shapes, self.probes.every
+        hit = (i >= ctx.observe_from) & ((i - ctx.observe_from) % every == 0)
+
+        def measure(_: None) -> dict[str, Array]:
+            return {n: per_row(w, rows).astype(w.dtype) for n, rows in ctx.probe_data.items()}
+
+        def skip(_: None) -> dict[str, Array]:
+            return {n: jnp.full(shapes[n], jnp.nan, w.dtype) for n in shapes}
+
+        values = jax.lax.cond(hit, measure, skip, None)
+        return {n: jnp.where(alive, v, jnp.nan) for n, v in values.items()}
 
     # -- compiled segments ----------------------------------------------------------------------
 
@@ -434,11 +464,15 @@ class SegmentRunner:
             self.programs[length] = CompiledProgram(jitted, self.stats)
         return self.programs[length]
 
-    def segment_args(self) -> tuple[dict[str, Array], Array, Array | None, Array | None]:
+    def segment_args(self, observe_from: int = NEVER) -> tuple[Any, ...]:
         """The traced inputs of a segment besides the chain states: (data, w*, center table,
-        per-chain nβ factors)."""
+        per-chain nβ factors, probe sets, first observed draw)."""
         factors = self.nbeta_factors
-        return (self.posterior.data, self.posterior.center, self._table, factors)
+        probe_data = {} if self.probes is None else self.probes.sets
+        return (
+            self.posterior.data, self.posterior.center, self._table, factors, probe_data,
+            jnp.asarray(observe_from, jnp.int32),
+        )  # fmt: skip
 
     def segment_fn(self, num_draws: int) -> Callable[..., tuple[ChainState, DrawRecord]]:
         """Un-jitted ``run(args, states, chain_keys, batch_keys, step_size, start, diag_every)``."""
@@ -446,8 +480,9 @@ class SegmentRunner:
         batch_axis = None if self.shared_batches else 0
 
         def run(args, states, chain_keys, batch_keys, step_size, start, diag_every):
-            data, center, table, factors = args
-            ctx = _Context(dataclasses.replace(base, data=data, center=center), table, diag_every)
+            data, center, table, factors, probe_data, observe_from = args
+            post = dataclasses.replace(base, data=data, center=center)
+            ctx = _Context(post, table, diag_every, probe_data, observe_from)
 
             def one_chain(state, chain_key, batch_key, factor):
                 draws = start + jnp.arange(num_draws)
@@ -503,11 +538,13 @@ class CompiledSegment:
         step_size: Any,
         start: Any,
         diag_every: int | None = None,
+        observe_from: int = NEVER,
     ) -> tuple[ChainState, DrawRecord]:
         """Advance all chains by the segment's draws, starting at global draw ``start``;
-        ``diag_every`` defaults to the runner's."""
+        ``diag_every`` defaults to the runner's; probe sets are observed from global draw
+        ``observe_from`` on (never by default), and only observed draws come back."""
         runner = self.runner
-        args = runner.segment_args()
+        args = runner.segment_args(observe_from)
         eps = jnp.asarray(step_size)
         every = jnp.asarray(runner.diag_every if diag_every is None else diag_every, jnp.int32)
         offset = int(start)
@@ -515,15 +552,26 @@ class CompiledSegment:
         for length in self.pieces:
             call = (args, states, chain_keys, batch_keys, eps, jnp.asarray(offset), every)
             states, rec = runner.program(length)(*call)
+            if runner.probes is not None:  # keep the observed draws only (gathered on the device)
+                keep = runner.probes.observed(offset, length, int(observe_from))
+                rec = rec._replace(observed={n: a[:, keep] for n, a in rec.observed.items()})
             records.append(rec)
             offset += length
         if len(records) == 1:
             return states, jax.device_get(records[0])
-        pieces = jax.device_get(records)
-        merged = DrawRecord(
-            *(np.concatenate([getattr(p, f) for p in pieces], axis=1) for f in DrawRecord._fields)
-        )
-        return states, merged
+        return states, concat_records(jax.device_get(records))
+
+
+def concat_records(pieces: list[DrawRecord]) -> DrawRecord:
+    """Records of consecutive pieces joined along the draw axis (probe losses per probe set)."""
+    fields = {
+        f: np.concatenate([np.asarray(getattr(p, f)) for p in pieces], axis=1)
+        for f in DrawRecord._fields
+        if f != "observed"
+    }
+    observed = pieces[0].observed or {}
+    joined = {n: np.concatenate([p.observed[n] for p in pieces], axis=1) for n in observed}
+    return DrawRecord(**fields, observed=joined)
 
 
 def _tempered(post: LocalPosterior, factor: Any) -> LocalPosterior:
@@ -539,3 +587,5 @@ class _Context(NamedTuple):
     post: LocalPosterior
     table: Array | None
     diag_every: Array
+    probe_data: dict[str, dict[str, Array]]
+    observe_from: Array

@@ -107,6 +107,8 @@ class RunSettings:
     stream_to: str | os.PathLike[str] | None = None
     devices: Any = None
     temperatures: tuple[float, ...] | None = None
+    observe: Any = None  # probe name -> data dict (sampling.observe)
+    observe_every: int = 1
 
     @property
     def burnin_steps(self) -> int:

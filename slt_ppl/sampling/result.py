@@ -7,6 +7,16 @@ Groups (dims ``chain``, ``draw``):
                          diverged_at (chain; step of the first bad step, −1 if healthy)
     warmup_sample_stats  the same over the burn-in
     posterior            (optional) parameter draws, one variable per site, constrained values
+
+Probe sets observed with ``sample(..., observe={name: data}, observe_every=k)`` add to sample_stats
+
+    loss_<name>          (chain, draw, <name>[, <name>_token]) per-row (per-token) NLL ℓ_i(w_t);
+                         for k > 1 the draw dim is ``observed_draw``, whose coordinate is the
+                         ``draw`` index of each observed draw (0, k, 2k, ...)
+    loss_<name>_center   (<name>[, <name>_token]) ℓ_i(w*)
+
+and sample_stats.attrs ``observe_every`` (k) and ``observed`` (JSON {name: shape of ℓ per draw}).
+Temperature runs put a ``temperature`` dim first (``sampling.temperatures``).
 Root attrs: n, nbeta, gamma, dim, backend, model, loss_center_full (L_n(w*)), kernel, step_size, seed,
 ... and package versions. Dict-valued settings are JSON strings so the tree writes to NetCDF as is.
 """
@@ -105,11 +115,16 @@ def build_result(
     diverged_at: np.ndarray,
     attrs: dict[str, Any],
     keep_draws: bool,
+    probes: Any = None,
 ) -> xr.DataTree:
-    """Assemble the DataTree from per-draw records (arrays shaped (chain, total_draws, ...))."""
+    """Assemble the DataTree from per-draw records (arrays shaped (chain, total_draws, ...);
+    probe losses (chain, observed draws, ...) under ``observe_<name>``)."""
     warm = _stats_dataset(records, slice(0, num_burnin_draws), 0)
     stats = _stats_dataset(records, slice(num_burnin_draws, None), 0)
     stats["diverged_at"] = ("chain", np.asarray(diverged_at, dtype=np.int64))
+    if probes is not None:
+        add_observations(stats, records, probes)
+        attrs = {**attrs, "observe_every": int(probes.every)}
     groups: dict[str, xr.Dataset] = {"sample_stats": stats, "warmup_sample_stats": warm}
     if keep_draws:
         positions = np.asarray(records["position"])[:, num_burnin_draws:]
@@ -120,6 +135,25 @@ def build_result(
     tree.attrs["versions"] = json.dumps(versions())
     tree.attrs["created"] = datetime.now(UTC).isoformat(timespec="seconds")
     return tree
+
+
+def add_observations(stats: xr.Dataset, records: dict[str, np.ndarray], probes: Any) -> None:
+    """Put each probe set's losses and their values at w* into ``stats`` (layout: module
+    docstring)."""
+    from slt_ppl.sampling.observe import record_key
+
+    every = int(probes.every)
+    draw_dim = "draw" if every == 1 else "observed_draw"
+    for name, shape in probes.shapes.items():
+        values = np.asarray(records[record_key(name)])
+        item_dims = (name, f"{name}_token")[: len(shape)]
+        if every > 1:
+            stats.coords["observed_draw"] = every * np.arange(values.shape[1])
+        stats[f"loss_{name}"] = (("chain", draw_dim, *item_dims), values)
+        stats[f"loss_{name}_center"] = (item_dims, np.asarray(probes.center[name], values.dtype))
+        stats.coords[name] = np.arange(shape[0])
+    stats.attrs["observe_every"] = every
+    stats.attrs["observed"] = json.dumps({n: list(v) for n, v in probes.shapes.items()})
 
 
 def external_mcmc_result(

@@ -67,13 +67,13 @@ class TorchBackend:
 
     def runner(
         self, posterior: TorchLocalPosterior, kernel: Any, batch: int, s: RunSettings,
-        num_chains: int, nbeta_factors: np.ndarray | None,
+        num_chains: int, nbeta_factors: np.ndarray | None, probes: Any = None,
     ) -> TorchSegmentRunner:  # fmt: skip
         check_devices(s.devices, posterior.device)
         return TorchSegmentRunner(
             posterior, kernel, batch, s.thin, s.plan.diag_every,
             s.keep_draws or s.stream_to is not None, s.plan.shared_batches,
-            float(s.divergence.explode), nbeta_factors,
+            float(s.divergence.explode), nbeta_factors, probes=probes,
         )  # fmt: skip
 
     def keys(

@@ -10,9 +10,10 @@ the loss is a per-datum mean, else a forward pass —, ‖∇U_B‖, ‖w_t − 
 ``diag_every``-th draw the MALA-acceptance diagnostic (Furman & Lau 2024, App. D, U and ∇U at both
 points on the same minibatch) and the heating statistics ``laplacian`` and ``grad_noise``
 (:meth:`TorchSegmentRunner.heating`) are recorded; chain c may run at nβ·``nbeta_factors[c]``
-(temperatures); a chain whose potential or new position is non-finite, or whose
-L_B − L_B(w*) exceeds ``explode``·(1 + |L_B(w*)|), is frozen at its last good state and the step
-recorded in ``diverged_at``; later records of that chain are NaN.
+(temperatures); on observed draws (``sampling.observe``) the per-row losses of each probe set
+are evaluated for all chains in one vmapped call; a chain whose potential or new position is
+non-finite, or whose L_B − L_B(w*) exceeds ``explode``·(1 + |L_B(w*)|), is frozen at its last good
+state and the step recorded in ``diverged_at``; later records of that chain are NaN.
 
 Randomness is counter-based, as in the JAX loop: ``chain_keys`` are one 64-bit seed per chain and
 ``batch_keys`` one seed (shared minibatches) or one per chain; at global step t chain c's generator
@@ -40,9 +41,10 @@ import torch
 from slt_ppl.kernels_torch.base import ChainNoise, StepInfo, TorchKernel, mix
 from slt_ppl.posterior_torch import TorchLocalPosterior
 from slt_ppl.sampling.loop import DrawRecord
+from slt_ppl.sampling.observe import NEVER, Probes, row_loss_fn
 
 Tensor = torch.Tensor
-RECORD_FIELDS = DrawRecord._fields
+RECORD_FIELDS = tuple(f for f in DrawRecord._fields if f != "observed")
 INIT_TAG = 1 << 62  # counters of the kernel's init draws (steps use 0, 1, 2, ...)
 
 
@@ -111,6 +113,7 @@ class TorchSegmentRunner:
     nbeta_factors: Any = None  # (C,) per-chain factors of nβ (temperatures), None = all 1
     center_table: str = "auto"  # "off": L_B(w*) always by a forward pass
     records_heating: bool = True  # laplacian and grad_noise are recorded (the tuner reads them)
+    probes: Probes | None = None  # probe sets observed every k-th sample draw (sampling.observe)
     stats: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
     _fns: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -148,6 +151,8 @@ class TorchSegmentRunner:
             self._fns[f"hvp_{kind}"] = vmap(hvp, in_dims=(0, 0, b_dim, f_dim))
             self._fns[f"grad_{kind}"] = vmap(grad_one, in_dims=(0, b_dim, f_dim))
         self._fns["center_indep"] = vmap(post.loss_fn, in_dims=(None, 0))
+        if self.probes is not None:  # ℓ of every chain on a probe set, one batched call
+            self._fns["observe"] = vmap(row_loss_fn(post), in_dims=(0, None))
 
     def for_tuning(self) -> TorchSegmentRunner:
         """The runner the step-size tuner probes with (one step per draw, no kept draws)."""
@@ -321,7 +326,7 @@ class TorchSegmentRunner:
 
     def _draw(
         self, state: TorchChainState, streams: _Streams, step_size: float, i: int,
-        diag_every: int, out: dict[str, Tensor], j: int,
+        diag_every: int, out: dict[str, Tensor], j: int, slot: int | None = None,
     ) -> TorchChainState:  # fmt: skip
         post = self.posterior
         t0 = i * self.thin
@@ -359,6 +364,11 @@ class TorchSegmentRunner:
         out["grad_noise"][:, j] = torch.where(alive, grad_noise, nan)
         if self.keep_draws:
             out["position"][:, j] = torch.where(alive[:, None], w, float("nan"))
+        if slot is not None:  # an observed draw: per-row losses of every probe set at w
+            for name, rows in self.probes.sets.items():
+                values = self._fns["observe"](w, rows).to(w.dtype)
+                mask = alive.view(-1, *([1] * (values.dim() - 1)))
+                out[f"observe_{name}"][:, slot] = torch.where(mask, values, float("nan"))
         for k in range(1, self.thin):
             step = self._step(state, streams, t0 + k, step_size)
             state = self._commit(state, step.new_ks, step.finite, t0 + k)
@@ -366,10 +376,10 @@ class TorchSegmentRunner:
 
     def run(
         self, state: TorchChainState, chain_keys: Any, batch_keys: Any, step_size: float,
-        start: int, num_draws: int, diag_every: int | None = None,
+        start: int, num_draws: int, diag_every: int | None = None, observe_from: int = NEVER,
     ) -> tuple[TorchChainState, DrawRecord]:  # fmt: skip
-        """Advance every chain by ``num_draws`` draws from global draw ``start``; one host copy
-        at the end."""
+        """Advance every chain by ``num_draws`` draws from global draw ``start``, observing the
+        probe sets from global draw ``observe_from`` on; one host copy at the end."""
         center = self.posterior.center
         num_chains, d = state.kernel_state.position.shape
         every = self.diag_every if diag_every is None else int(diag_every)
@@ -378,19 +388,39 @@ class TorchSegmentRunner:
             name: torch.full((num_chains, num_draws), float("nan"), **kw) for name in RECORD_FIELDS
         }
         out["position"] = torch.empty((num_chains, num_draws, d if self.keep_draws else 0), **kw)
+        slots: dict[int, int] = {}
+        if self.probes is not None:
+            keep = self.probes.observed(start, num_draws, observe_from)
+            slots = {int(j): k for k, j in enumerate(keep)}
+            for name, shape in self.probes.shapes.items():
+                out[f"observe_{name}"] = torch.full((num_chains, len(keep), *shape), math.nan, **kw)
         streams = self._streams(chain_keys, batch_keys)
         with torch.no_grad():
             for j in range(num_draws):
-                state = self._draw(state, streams, float(step_size), start + j, every, out, j)
-        return state, DrawRecord(**{k: v.cpu().numpy() for k, v in out.items()})
+                state = self._draw(
+                    state, streams, float(step_size), start + j, every, out, j, slots.get(j)
+                )
+        host = {k: v.cpu().numpy() for k, v in out.items()}
+        names = self.probes.shapes if self.probes is not None else {}
+        observed = {n: host.pop(f"observe_{n}") for n in names}
+        return state, DrawRecord(**host, observed=observed)
 
     def build(self, num_draws: int) -> Callable[..., tuple[TorchChainState, DrawRecord]]:
         """``run(state, chain_keys, batch_keys, step_size, start[, diag_every])`` advancing every
         chain by ``num_draws`` draws: the call shape of ``SegmentRunner.build``."""
 
-        def run(state, chain_keys, batch_keys, step_size, start, diag_every=None):
+        def run(
+            state, chain_keys, batch_keys, step_size, start, diag_every=None, observe_from=NEVER
+        ):
             return self.run(
-                state, chain_keys, batch_keys, float(step_size), int(start), num_draws, diag_every
+                state,
+                chain_keys,
+                batch_keys,
+                float(step_size),
+                int(start),
+                num_draws,
+                diag_every,
+                int(observe_from),
             )
 
         return run

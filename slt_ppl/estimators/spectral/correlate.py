@@ -56,6 +56,10 @@ def _stats(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
 def correlate(table: Any, target: str, group: str, metrics: list[str] | None = None) -> xr.Dataset:
     """R² and Kendall τ of each metric against ``target``, within each ``group`` and pooled.
 
+    R² = r² of the least-squares line target ~ metric (Pearson r); Kendall's τ-b rank correlation
+    (scipy); ``simpsons_paradox`` when the pooled τ's sign differs from the majority of the
+    within-group signs (Martin & Mahoney, Nat. Commun. 2021; module docstring).
+
     Args:
         table: one row per model: a pandas DataFrame or a 1-D xarray Dataset.
         target: column with the quantity to predict (e.g. test accuracy).

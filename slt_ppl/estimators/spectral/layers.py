@@ -44,18 +44,22 @@ class Layer:
 
     @property
     def N(self) -> int:
+        """Rows of each matrix slice (N ≥ M after the transpose)."""
         return int(self.matrices.shape[-2])
 
     @property
     def M(self) -> int:
+        """Columns of each matrix slice: the number of eigenvalues of X = WᵀW per slice."""
         return int(self.matrices.shape[-1])
 
     @property
     def num_matrices(self) -> int:
+        """Slices pooled into one ESD (kernel positions of a convolution; 1 for dense)."""
         return int(self.matrices.shape[-3])
 
     @property
     def num_evals(self) -> int:
+        """Eigenvalues in the pooled ESD: M × num_matrices."""
         return self.M * self.num_matrices
 
 

@@ -60,6 +60,7 @@ class PowerLawFit:
 
     @property
     def ok(self) -> bool:
+        """Whether the fit succeeded (``status == "success"``)."""
         return self.status == "success"
 
 
