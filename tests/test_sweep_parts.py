@@ -272,3 +272,19 @@ def test_sweep_checks_never_call_a_negative_llc_or_a_non_minimum_healthy():
         values["check_center"] == 0
         and verdict == "unhealthy - ess: low; center: w* is not a local minimum (see warnings)"
     )
+
+
+def test_worker_environment_pins_threads_and_devices(tmp_path):
+    from slt_ppl.sweep.runner import worker_env
+
+    env = worker_env({"num_cpus": 2, "num_gpus": 0}, local=True, cache=tmp_path)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
+    assert "intra_op_parallelism_threads=2" in env["XLA_FLAGS"]
+    assert env["JAX_PLATFORMS"] == "cpu" and env["CUDA_VISIBLE_DEVICES"] == ""
+    assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path) and "PYTHONPATH" in env
+    gpu = worker_env({"num_cpus": 0.5, "num_gpus": 1}, local=False, cache=None)
+    assert (
+        gpu["OMP_NUM_THREADS"] == "1" and "--xla_cpu_multi_thread_eigen=false" in gpu["XLA_FLAGS"]
+    )
+    assert "JAX_PLATFORMS" not in gpu and gpu["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert "PYTHONPATH" not in gpu and "JAX_COMPILATION_CACHE_DIR" not in gpu

@@ -137,7 +137,8 @@ def run_on_ray(spec: SweepSpec, todo: list[tuple[Task, str]], out: Path, *, addr
                  include_dashboard=False, log_to_driver=False)  # fmt: skip
     try:
         res = spec.resources
-        env = worker_env(res, local=address is None, cache=out / "jax_cache")
+        local = address is None  # on a cluster, paths of this machine mean nothing to the nodes
+        env = worker_env(res, local=local, cache=out / "jax_cache" if local else None)
         remote = ray.remote(run_task).options(
             num_cpus=float(res["num_cpus"]), num_gpus=float(res["num_gpus"]),
             max_retries=int(res["max_retries"]), retry_exceptions=True,
@@ -190,8 +191,9 @@ def worker_env(resources: dict[str, Any], *, local: bool, cache: Path | None) ->
         os.environ.get("XLA_FLAGS", ""),
         f"--xla_cpu_multi_thread_eigen={eigen} intra_op_parallelism_threads={threads}",
     ]))  # fmt: skip
-    if float(resources["num_gpus"]) == 0:
+    if float(resources["num_gpus"]) == 0:  # neither JAX nor torch may take a GPU unasked
         env["JAX_PLATFORMS"] = "cpu"
+        env["CUDA_VISIBLE_DEVICES"] = ""
     else:
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     if cache is not None:  # every program, even those compiling in under the default 1 s
