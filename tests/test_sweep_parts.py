@@ -288,3 +288,23 @@ def test_worker_environment_pins_threads_and_devices(tmp_path):
     )
     assert "JAX_PLATFORMS" not in gpu and gpu["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
     assert "PYTHONPATH" not in gpu and "JAX_COMPILATION_CACHE_DIR" not in gpu
+
+
+def test_builtin_example_sweep_file_is_valid(tmp_path):
+    """examples/dln_training_sweep.toml against what models.training writes (a short run):
+    20 checkpoints × 3 ε × 2 γ = 120 tasks, the training log read along the checkpoints."""
+    import shutil
+    from pathlib import Path
+
+    from models.training import main as train_main
+    from slt_ppl.sweep.spec import label
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "dln_training_sweep.toml"
+    shutil.copy(example, tmp_path / "sweep.toml")
+    assert train_main(["--out", str(tmp_path / "dln_training"), "--steps", "1000"]) == 0
+    spec = load_spec(tmp_path / "sweep.toml")
+    assert len(spec.checkpoints) == 20 and len(expand(spec)) == 120
+    assert list(spec.grid) == ["step_size", "gamma"] and spec.estimators == ("llc", "wbic")
+    ds = to_dataset(spec, expand(spec), [str(i) for i in range(120)], {})
+    assert ds["training_step"].values.tolist() == list(range(50, 1001, 50))
+    assert label("temperatures", [1, 2.0]) == "1,2"
