@@ -251,29 +251,6 @@ def test_restrict_to_reaches_localize(monkeypatch):
     assert record["status"] == "failed" and "stopped after localize" in record["error"]
 
 
-def test_sweep_checks_never_call_a_negative_llc_or_a_non_minimum_healthy():
-    from slt_ppl.sweep.task import sweep_checks
-
-    def run(llc, se, warned, verdict="healthy"):
-        values = {"llc": llc, "llc_se": se, "healthy": int(verdict == "healthy")}
-        text = {"verdict": verdict}
-        sweep_checks(values, text, warned)
-        return values, text["verdict"]
-
-    values, verdict = run(5.0, 0.5, False)
-    assert values["healthy"] == 1 and verdict == "healthy"
-    values, verdict = run(-18664.0, 0.8, False)
-    assert values["healthy"] == 0 and values["healthy_llc"] == 1
-    assert verdict.startswith("unhealthy - nonnegative")
-    values, verdict = run(-1.0, 0.5, False)  # within 3 se of 0: possible for a small λ
-    assert values["healthy"] == 1
-    values, verdict = run(5.0, 0.5, True, "unhealthy - ess: low")
-    assert (
-        values["check_center"] == 0
-        and verdict == "unhealthy - ess: low; center: w* is not a local minimum (see warnings)"
-    )
-
-
 def test_worker_environment_pins_threads_and_devices(tmp_path):
     from slt_ppl.sweep.runner import worker_env
 

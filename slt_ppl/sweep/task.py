@@ -16,7 +16,7 @@ import time
 import warnings
 from typing import Any
 
-from slt_ppl.errors import DataError, SettingError, SLTError, SuspiciousCenterWarning
+from slt_ppl.errors import DataError, SettingError, SLTError
 from slt_ppl.sweep.checkpoints import read_checkpoint
 from slt_ppl.sweep.spec import GRID_KEYS
 
@@ -46,31 +46,7 @@ def run_task(payload: dict[str, Any], data: dict[str, Any] | None, content: byte
                 "values": {"wall_time_s": time.perf_counter() - t0}, "text": {}}  # fmt: skip
     values["wall_time_s"] = time.perf_counter() - t0
     text["warnings"] = " | ".join(sorted({str(w.message) for w in caught}))
-    center_warned = any(issubclass(w.category, SuspiciousCenterWarning) for w in caught)
-    sweep_checks(values, text, center_warned)
     return {**base, "status": "ok", "error": "", "values": values, "text": text}
-
-
-def sweep_checks(values: dict, text: dict, center_warned: bool) -> None:
-    """Two checks the sweep adds to llc's verdict (in place), because a sweep over training
-    checkpoints meets centers that are not local minima (a checkpoint mid-transition):
-    ``check_center`` fails when localize warned that w* is no local minimum
-    (``SuspiciousCenterWarning``: the gradient is many times its sampling noise, chains slide
-    downhill); ``check_nonnegative`` fails when λ̂ + 3·se < 0 (the LLC of a local minimum is
-    ≥ 0). ``healthy`` = llc's verdict and both; ``healthy_llc`` keeps llc's own. Measured: a DLN
-    checkpoint 600 steps into training gave λ̂ = −18 664 with llc's verdict "healthy" (chains that
-    slid to a lower point and stayed there)."""
-    llc, se = values["llc"], values["llc_se"]
-    negative = llc + 3 * se < 0
-    failures = ["center: w* is not a local minimum (see warnings)"] if center_warned else []
-    failures += [f"nonnegative: λ̂ = {llc:.4g} is below −3 se"] if negative else []
-    values.update(check_center=int(not center_warned), check_nonnegative=int(not negative),
-                  healthy_llc=values["healthy"])  # fmt: skip
-    if failures:
-        values["healthy"] = 0
-        verdict = text["verdict"]
-        head = "unhealthy - " if verdict.startswith("healthy") else f"{verdict}; "
-        text["verdict"] = head + "; ".join(failures)
 
 
 def pin_threads(threads: int) -> None:
