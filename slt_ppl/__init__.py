@@ -2,7 +2,9 @@
 
 Public names (one per idea): :func:`localize`, :func:`sample`, :func:`llc`, :func:`wbic`,
 :func:`two_scale_ed`, :func:`effective_dimension`, :func:`spectral`, :func:`compare`,
-:func:`exact_llc` (the exact reference of a small posterior).
+:func:`exact_llc` (the exact reference of a small posterior), :func:`waic`; observables of a run
+(:func:`bif`, :func:`susceptibility`, :func:`llc_decomposition`, :func:`probe_losses`,
+:func:`top_pairs`); :func:`sweep` (many runs on Ray).
 Heavy submodules are imported lazily so ``import slt_ppl`` stays fast and torch stays optional.
 """
 
@@ -48,6 +50,7 @@ _LAZY = {
     "susceptibility": ("slt_ppl.estimators.observables", "susceptibility"),
     "llc_decomposition": ("slt_ppl.estimators.observables", "llc_decomposition"),
     "probe_losses": ("slt_ppl.estimators.observables", "probe_losses"),
+    "sweep": ("slt_ppl.sweep", "sweep"),
 }
 
 __all__ = [

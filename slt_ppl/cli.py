@@ -5,6 +5,7 @@ slt-ppl llc --model f.py:fn --data d.npz --center c.npz [options]
 slt-ppl llc --config run.toml  (model, data, center, kernel and settings in one file)
 slt-ppl spectral path/to/weights
 slt-ppl validate [--quick | --full]
+slt-ppl sweep sweep.toml [--address ADDRESS] [--out DIR]   (Ray; docs/sweeps.md)
 """
 
 from __future__ import annotations
@@ -255,7 +256,14 @@ def main(argv: list[str] | None = None) -> int:
             from validation.cli import main_validate
 
             return main_validate(rest)
-        print(f"slt-ppl: unknown command {command!r} (llc, spectral, validate)", file=sys.stderr)
+        if command == "sweep":
+            from slt_ppl.sweep.cli import main_sweep
+
+            return main_sweep(rest)
+        print(
+            f"slt-ppl: unknown command {command!r} (llc, spectral, validate, sweep)",
+            file=sys.stderr,
+        )
         return 2
     except SLTError as err:
         print(f"slt-ppl: error: {type(err).__name__}: {err}", file=sys.stderr)

@@ -106,12 +106,14 @@ def health_checks(
     *,
     minibatch: bool = False,
     bias: tuple[float, bool, str] | None = None,
+    center: tuple[float, bool, str] | None = None,
 ) -> xr.Dataset:
     """Run every check on ``trace`` (dims chain, draw; healthy chains only) and return a Dataset with
     dim ``check``: value, passed, detail — and attrs ``healthy``, ``verdict`` and ``mixing_on``.
 
     ``minibatch``: the trace carries minibatch noise (ESS / R-hat of its signal, see ``mixing``);
-    ``bias``: (value, passed, detail) of the ``bias`` check (``estimators.bias.bias_check``)."""
+    ``bias``: (value, passed, detail) of the ``bias`` check (``estimators.bias.bias_check``);
+    ``center``: (value, passed, detail) of the ``center`` check (``estimators.llc.center_check``)."""
     th = thresholds or HealthThresholds()
     rows = [("finite", *_finite_check(diverged_at))]
     e, r, basis = mixing(trace, minibatch)
@@ -128,6 +130,8 @@ def health_checks(
                  "it fails"))  # fmt: skip
     if bias is not None:
         rows.append(("bias", *bias))
+    if center is not None:
+        rows.append(("center", *center))
     names, values, passed, details = zip(*rows, strict=True)
     ds = xr.Dataset(
         {

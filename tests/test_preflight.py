@@ -39,7 +39,13 @@ def test_center_off_the_minimum_warns_and_llc_goes_negative():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", HealthWarning)
         with pytest.warns(SuspiciousCenterWarning, match="negative LLC"):
-            slt_ppl.llc(res)
+            est = slt_ppl.llc(res)
+    # the verdict's center check: a center off the minimum is never "healthy"
+    assert not est.attrs["healthy"]
+    assert "center: " in est.attrs["verdict"] and "not a local minimum" in est.attrs["verdict"]
+    assert not bool(est["check_passed"].sel(check="center"))
+    good_res = slt_ppl.sample(good, num_chains=2, num_draws=200, step_size=1e-3, progress=False)
+    assert bool(slt_ppl.llc(good_res, warn=False)["check_passed"].sel(check="center"))
 
 
 def test_huge_step_size_warns_before_sampling():

@@ -18,6 +18,7 @@ are handled by ``estimators.two_temperature``.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -94,6 +95,7 @@ def estimate_llc(
         good, stats["acceptance"].sel(chain=ok), stats["diverged_at"], kernel, thresholds,
         minibatch=is_minibatch(attrs),
         bias=bias_check(bias, estimate, se, (thresholds or HealthThresholds()).bias_share),
+        center=center_check(estimate, se, attrs),
     )  # fmt: skip
     values = dict(zip(checks["check"].values, checks["check_value"].values, strict=True))
     ds = xr.Dataset(
@@ -136,6 +138,28 @@ def estimate_llc(
         }
     )
     return ds
+
+
+CENTER_MAX_GRAD_Z = 5.0  # as slt_ppl.preflight.check_center's warning
+NEGATIVE_Z = 3.0
+
+
+def center_check(estimate: float, se: float, attrs: dict) -> tuple[float, bool, str]:
+    """(value, passed, detail) of the verdict's ``center`` check: λ̂ estimates an LLC only at a
+    local minimum w* of L_n (Lau et al. 2023, Def. 1). It fails when the chains found loss
+    clearly below L_n(w*) (λ̂ + 3·se < 0) or when localize measured ‖∇L_n(w*)‖ more than 5 times
+    its sampling noise (``center_grad_z`` in attrs, ``preflight.check_center``). Found by a sweep
+    over training checkpoints: at a checkpoint between plateaus λ̂ = −18 664 came out "healthy"."""
+    grad_z = float(attrs.get("center_grad_z", math.nan))
+    negative = bool(np.isfinite(estimate) and estimate + NEGATIVE_Z * se < 0)
+    off = bool(np.isfinite(grad_z) and grad_z > CENTER_MAX_GRAD_Z)
+    detail = f"λ̂ = {estimate:.4g} ± {se:.2g}; ‖∇L_n(w*)‖ = {grad_z:.3g} × its noise (max {CENTER_MAX_GRAD_Z:g})"
+    if negative or off:
+        detail += (
+            ": w* is not a local minimum of L_n, so λ̂ is not its LLC — train to convergence "
+            "(or use a MAP point), or strengthen gamma"
+        )
+    return (estimate / se if se > 0 else math.nan), not (negative or off), detail
 
 
 def warn_about(ds: xr.Dataset) -> None:

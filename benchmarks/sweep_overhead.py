@@ -1,0 +1,131 @@
+"""Overhead of running a sweep on Ray: 24 small LLC runs (4 checkpoints × 3 step sizes × 2 seeds
+of a DLN 4-4-4, n = 1000) as one ``slt_ppl.sweep`` on a local Ray with one task per core, against
+the same 24 tasks called one after another in this process.
+
+Reported: the Ray sweep's wall time (Ray start-up reported apart), the sum of the runs' sampling
+time (``attrs["sampling_time_s"]``: the compiled loop only) and the sequential wall time (every
+task's localize + compile or cache hit + sampling + estimates). The goal of issue 16 is
+Ray wall ≤ 1.3 × Σ sampling time. Both sides reuse compilations the same way: the in-process
+program cache (``slt_ppl.compile_cache``) and JAX's persistent cache (a fresh folder each).
+
+    python benchmarks/sweep_overhead.py [--draws 2000] [--cpus 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# one XLA/OpenMP thread, as in each sweep worker (must precede importing jax)
+os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="sweep_bench_jax_")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from models import numpyro_zoo
+from slt_ppl.sweep import expand, load_spec, sweep
+from slt_ppl.sweep.runner import payload
+from slt_ppl.sweep.task import run_task
+
+WIDTHS = [4, 4, 4]
+N = 1000
+
+
+def make_spec(folder: Path, draws: int) -> dict:
+    _, problem = numpyro_zoo.dln(widths=WIDTHS, n=N, seed=0)
+    np.savez(folder / "data.npz", **problem.data)
+    rng = np.random.default_rng(1)
+    for i in range(4):  # the true weights and three nearby points
+        center = {k: v + 0.01 * i * rng.normal(size=v.shape).astype(np.float32)
+                  for k, v in problem.center.items()}  # fmt: skip
+        np.savez(folder / f"ckpt{i}.npz", **center)
+    return {
+        "model": {"builtin": "dln", "widths": WIDTHS, "n": 100},
+        "data": {"path": str(folder / "data.npz")},
+        "checkpoints": {"glob": str(folder / "ckpt*.npz")},
+        "localize": {"gamma": 100.0},
+        "sampler": {
+            "kernel": "sgld",
+            "num_chains": 2,
+            "num_draws": draws,
+            "num_burnin": draws // 2,
+            "thin": 1,
+        },
+        "grid": {"step_size": [2e-5, 5e-5, 1e-4], "seed": [0, 1]},
+        "resources": {"num_cpus": 1, "max_retries": 1},
+    }
+
+
+def sequential(spec_dict: dict) -> dict:
+    spec = load_spec(spec_dict)
+    with np.load(spec.data) as npz:
+        data = {k: npz[k] for k in npz.files}
+    walls, sampling, compiling = [], [], []
+    t0 = time.perf_counter()
+    for task in expand(spec):
+        record = run_task(payload(spec, task, "seq", spec.resources), data,
+                          task.checkpoint.read_bytes())  # fmt: skip
+        assert record["status"] == "ok", record["error"]
+        walls.append(record["values"]["wall_time_s"])
+        sampling.append(record["values"]["sampling_time_s"])
+        compiling.append(record["values"]["compile_time_s"])
+    return {"wall_s": time.perf_counter() - t0, "sampling_s": float(np.sum(sampling)),
+        "compile_and_trace_s": float(np.sum(compiling)),
+            "first_task_s": walls[0], "median_task_s": float(np.median(walls))}  # fmt: skip
+
+
+def on_ray(spec_dict: dict, out: Path, cpus: int) -> dict:
+    import ray
+
+    t0 = time.perf_counter()
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    init_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    ds = sweep(spec_dict, out=out, plots=False, log=None)
+    wall = time.perf_counter() - t1
+    ray.shutdown()
+    assert (ds["status"] == "ok").all()
+    return {"init_s": init_s, "wall_s": wall, "sampling_s": float(ds["sampling_time_s"].sum()),
+        "compile_and_trace_s": float(ds["compile_time_s"].sum()),
+            "workers": len({r["pid"] for r in _records(out)})}  # fmt: skip
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (out / "tasks").glob("*.json")]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--draws", type=int, default=2000)
+    p.add_argument("--cpus", type=int, default=2)
+    args = p.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="sweep_bench_"))
+    spec = make_spec(folder, args.draws)
+    ray_run = on_ray(spec, folder / "ray_out", args.cpus)
+    seq = sequential(spec)
+    result = {
+        "tasks": 24, "draws": args.draws, "cpus": args.cpus, "ray": ray_run, "sequential": seq,
+        "ray_wall_over_sum_sampling": ray_run["wall_s"] / seq["sampling_s"],
+        "ray_wall_with_init_over_sum_sampling": (ray_run["wall_s"] + ray_run["init_s"])
+        / seq["sampling_s"],
+        "ray_wall_over_sequential_wall": ray_run["wall_s"] / seq["wall_s"],
+        "load_average": os.getloadavg(),
+    }  # fmt: skip
+    print(json.dumps(result, indent=2))
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    path = Path(__file__).parent / "results" / f"sweep_overhead_{stamp}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
