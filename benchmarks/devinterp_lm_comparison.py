@@ -195,7 +195,12 @@ def devinterp_side(args: argparse.Namespace) -> None:
     if "bif" in parts:
         record["bif"] = devinterp_bif(full)
     if "sus" in parts:
-        record["sus"] = devinterp_susceptibilities(hf, train_ds, observed, masks, full, common, tmp)
+        try:
+            record["sus"] = devinterp_susceptibilities(
+                hf, train_ds, observed, masks, full, common, tmp
+            )
+        except Exception as err:  # keep the other parts' numbers
+            record["sus"] = {"error": f"{type(err).__name__}: {err}"}
     save(f"devinterp_{args.setting}", record)
 
 
@@ -217,13 +222,18 @@ def devinterp_bif(full) -> dict:
     ds = full.dataset
     loss = ds["loss_probe"].values  # (chain, draw, batch, token)
     ids = ds["input_ids_probe"].values
-    ours_style = per_sequence_correlation(loss)
+    while ids.ndim > 2:
+        ids = ids[0]
+    # devinterp shuffles the probe rows: put them back in the probe's order for the comparison
+    _, _, probe = load_setup()
+    order = [int(np.flatnonzero((ids == row).all(axis=1))[0]) for row in probe]
+    ours_style = per_sequence_correlation(loss[:, :, order])
     return {
         "compute_bif_wall_s": wall,
         "compute_bif_dims": list(bif["influences"].dims),
         "compute_bif_shape": list(bif["influences"].shape),
         "per_sequence_correlation": ours_style.tolist(),
-        "probe_input_ids_first_tokens": ids[:, :4].tolist(),
+        "probe_order_in_devinterp": order,
         "mean_offdiag": float(ours_style[~np.eye(len(ours_style), dtype=bool)].mean()),
     }
 

@@ -141,3 +141,17 @@ def test_flax_twin_gives_the_same_logits(trained):
         np.asarray(ell), tiny_lm.per_token_nll(torch.as_tensor(expected), {"y": data["y"][:8]}).numpy(),
         atol=1e-4,
     )  # fmt: skip
+
+
+def test_flax_posterior_counts_tokens_like_torch(trained):
+    pytest.importorskip("flax")
+    from models import tiny_lm_flax
+
+    model, data, _ = trained
+    arrays = {k: v.numpy() for k, v in data.items()}
+    post = tiny_lm_flax.localize_lm_flax(tiny_lm_flax.from_torch(model), arrays, gamma=100.0)
+    rows, tokens = arrays["y"].shape
+    assert post.nbeta == pytest.approx(tokens * rows / math.log(rows))
+    assert post.dim == sum(p.numel() for p in model.parameters())
+    expected = tiny_lm.mean_token_loss(model, data)
+    assert post.info["loss_center_full"] == pytest.approx(expected, abs=1e-4)
