@@ -248,16 +248,21 @@ def devinterp_susceptibilities(hf, train_ds, observed, masks, full, common, tmp)
         wr_map[name] = sample(hf, train_ds, observed, param_masks=mask,
                               output_path=tmp / f"obs_{name}.zarr", **common)  # fmt: skip
     tree = compute_susceptibilities(wr_map, "train")
-    sus = tree["susceptibilities"].dataset
-    var = next(iter(sus.data_vars))
-    values = np.asarray(sus[var].values)
-    per_wr = {}
-    if "wr" in sus[var].dims:
-        axis = sus[var].dims.index("wr")
-        for k, wr in enumerate(sus["wr"].values.tolist()):
-            per_wr[str(wr)] = float(np.take(values, k, axis=axis).mean())
-    return {"wall_s": time.perf_counter() - start, "mean_per_restriction": per_wr,
-            "dims": list(sus[var].dims), "shape": list(values.shape)}  # fmt: skip
+    sus = tree["susceptibilities"].dataset["sus"]  # dims (sus_flat, wr); sus_flat = (row, token)
+    ids = full.dataset["input_ids_probe"].values
+    while ids.ndim > 2:
+        ids = ids[0]
+    _, _, probe = load_setup()
+    order = [int(np.flatnonzero((ids == row).all(axis=1))[0]) for row in probe]
+    per_token = np.asarray(sus.values).reshape(len(ids), -1, sus.shape[-1])[order]
+    # χ is linear in the probe loss, so the mean over a row's tokens is the per-sequence χ
+    per_sequence = per_token.mean(axis=1)
+    return {
+        "wall_s": time.perf_counter() - start,
+        "restrictions": [str(w) for w in sus["wr"].values],
+        "per_sequence": per_sequence.T.tolist(),
+        "mean_per_restriction": per_sequence.mean(axis=0).tolist(),
+    }
 
 
 # --- our side -----------------------------------------------------------------------------------
@@ -368,6 +373,8 @@ def ours_observed(slt_ppl, model, data, probe, s, run, parts) -> dict:
     if "sus" in parts:
         sus = slt_ppl.susceptibility(results, sampling="train", probe="probe")
         out["sus"] = {str(k): np.asarray(v.values).tolist() for k, v in sus.data_vars.items()}
+        out["sus"]["dims"] = list(sus["susceptibility"].dims)
+        out["sus"]["restrictions"] = [str(r) for r in sus[sus["susceptibility"].dims[0]].values]
     return out
 
 
