@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -100,6 +101,13 @@ def save(name: str, record: dict) -> None:
     print(json.dumps(record, indent=1, default=float))
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all its threads): on a shared machine the work a
+    run did, much less sensitive to other processes' load than its wall time."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def per_sequence_correlation(loss: np.ndarray) -> np.ndarray:
     """Pearson correlation across all (chain, draw) of the per-sequence mean token losses;
     ``loss`` has dims (chain, draw, sequence, token)."""
@@ -155,15 +163,17 @@ def devinterp_side(args: argparse.Namespace) -> None:
     parts = args.parts.split(",")
     tmp = Path(tempfile.mkdtemp())
     if "llc" in parts:
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), cpu_seconds()
         samples = sample(hf, train_ds, {}, output_path=tmp / "llc.zarr", **common)
         est = compute_llc(samples)
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
         trace = est["loss_trace"].values  # (chain, step), burn-in included
         init = float(est["init_loss"])
         record["llc"] = {
             "wall_s": wall,
             "chain_steps_per_s": args.chains * (args.draws + args.burnin) / wall,
+            "cpu_s": cpu,
+            "chain_steps_per_cpu_s": args.chains * (args.draws + args.burnin) / cpu,
             "llc_mean": float(est["llc_mean"]),
             "llc_std_across_chains": float(est["llc_std"]),
             "llc_per_chain": est["llc_per_chain"].values.tolist(),
@@ -285,15 +295,17 @@ def ours_side(args: argparse.Namespace) -> None:
     record["posterior_nbeta_attr"] = post.nbeta
     parts = args.parts.split(",")
     if "llc" in parts:
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), cpu_seconds()
         result = slt_ppl.sample(post, **run)
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
         est = slt_ppl.llc(result)
         warm = result["warmup_sample_stats"]["loss"].values / per_token
         draws = result["sample_stats"]["loss"].values / per_token
         record["llc"] = {
             "wall_s": wall,
             "chain_steps_per_s": args.chains * (args.draws + args.burnin) / wall,
+            "cpu_s": cpu,
+            "chain_steps_per_cpu_s": args.chains * (args.draws + args.burnin) / cpu,
             "llc": float(est["llc"]),
             "llc_se": float(est["llc_se"]),
             "verdict": str(est.attrs.get("verdict")),
@@ -390,10 +402,13 @@ def summarize(args: argparse.Namespace) -> None:
             rows.setdefault((rec["side"], rec["setting"]), []).append(rec)
     for (side, setting), recs in sorted(rows.items()):
         speeds = [r["llc"]["chain_steps_per_s"] for r in recs]
+        per_cpu = [r["llc"].get("chain_steps_per_cpu_s") for r in recs]
+        per_cpu = [v for v in per_cpu if v is not None]
         loads = [r["load_avg_1m"] for r in recs]
         print(f"{side:16s} {setting:6s} runs={len(recs)} median chain-steps/s="
               f"{statistics.median(speeds):.1f} (all {[round(v, 1) for v in speeds]}; "
-              f"load {[round(v, 1) for v in loads]})")  # fmt: skip
+              f"load {[round(v, 1) for v in loads]}); per CPU-second "
+              f"{[round(v, 1) for v in per_cpu]}")  # fmt: skip
         for r in recs:
             print("   ", {k: v for k, v in r["llc"].items() if k != "llc_per_chain"})
 
