@@ -377,10 +377,15 @@ def ours_observed(slt_ppl, model, data, probe, s, run, parts) -> dict:
     if "bif" in parts:
         loss = results["full"]["sample_stats"]["loss_probe"].values
         bif = slt_ppl.bif(results["full"], observable="probe", kind="correlation")
+        value, se = bif["bif"].values, bif["bif_se"].values
+        off = ~np.eye(len(value), dtype=bool)
         out["bif"] = {
             "per_sequence_correlation": per_sequence_correlation(loss).tolist(),
             "bif_dims": list(bif["bif"].dims),
             "bif_shape": list(bif["bif"].shape),
+            "bif_vs_raw_max_abs_diff": float(np.abs(value - per_sequence_correlation(loss)).max()),
+            "bif_se_median_offdiag": float(np.median(se[off])),
+            "fraction_offdiag_beyond_2se": float((np.abs(value[off]) > 2 * se[off]).mean()),
         }
     if "sus" in parts:
         sus = slt_ppl.susceptibility(results, sampling="train", probe="probe")
