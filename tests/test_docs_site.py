@@ -8,6 +8,7 @@ also the tutorials' test. Cost: ≈ 50 single-core seconds, most of it the tutor
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import resource
@@ -44,6 +45,20 @@ def site() -> Path:
         "NO_MKDOCS_2_WARNING": "1",
         "JAX_PLATFORMS": "cpu",
     }
+    # pytest -n 2 may run this module's tests on both workers: one build per test run, guarded by
+    # a file lock and a marker named by xdist's run id (two concurrent --clean builds of one
+    # directory break each other)
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+    with open(ROOT / ".site.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        marker = SITE / f".built-{run_id}"
+        if not marker.exists():
+            _build(env)
+            marker.touch()
+    return SITE
+
+
+def _build(env: dict[str, str]) -> None:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--clean", "-d", str(SITE)],
@@ -60,7 +75,6 @@ def site() -> Path:
     # refined-LLC tutorial, 129 s with it on a loaded machine); reported, not asserted: speed is
     # measured in benchmarks/, never by a timed unit test
     print(f"docs build: {cpu:.0f} CPU seconds")
-    return SITE
 
 
 def _text(page: Path) -> str:
