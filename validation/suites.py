@@ -634,12 +634,14 @@ def rescaling(
 # 5. LLC along training (Furman & Lau 2024, App. E.2)
 # ------------------------------------------------------------------------------------------------
 
-TRAIN_WIDTHS = (6, 6, 6, 6)
-TRAIN_TEACHER_SINGULAR_VALUES = (8.0, 4.0, 2.0, 1.0)
-TRAIN_N = 5_000
-TRAIN_INIT_SCALE = 1e-2
-TRAIN_LEARNING_RATE = 0.01
-TRAIN_STEPS = 12_000
+# one training protocol for the suite and the sweep example (models.training)
+from models.training import INIT_SCALE as TRAIN_INIT_SCALE  # noqa: E402
+from models.training import LEARNING_RATE as TRAIN_LEARNING_RATE  # noqa: E402
+from models.training import STEPS as TRAIN_STEPS  # noqa: E402
+from models.training import TEACHER_SINGULAR_VALUES as TRAIN_TEACHER_SINGULAR_VALUES  # noqa: E402
+from models.training import WIDTHS as TRAIN_WIDTHS  # noqa: E402
+from models.training import N as TRAIN_N  # noqa: E402
+
 TRAIN_BLOCK = 50  # gradient steps between recorded training states
 TRAIN_RANK_THRESHOLD = 0.5  # effective rank: singular values of W3·W2·W1 above this
 # A recorded state is "settled" (on a plateau, not in a transition) when the training loss changed
