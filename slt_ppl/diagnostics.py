@@ -15,6 +15,10 @@ Checks (each named in the verdict when it fails):
                  below max(2·se, 5 %·|λ̂|) (``estimators.bias``; so halving ε would move λ̂ by
                  less than half that); fails when the estimate is unavailable for a
                  stochastic-gradient kernel
+    relaxation   (when the result records ‖w − w*‖) the run was long enough for the directions that
+                 only the localization holds (precision γ) to leave w*: fails when the theory says
+                 they are still relaxing (:func:`relaxation_deficit` > 5 %) *and* the draws show it
+                 (the trend of ‖w_t − w*‖² exceeds ``trend_z`` se). See :func:`relaxation_check`.
 
 Which quantity (``estimators.error_bars``): for full-batch kernels the loss trace is L_n(w_t) itself
 and ArviZ's bulk ESS / rank-normalized R-hat are used. For minibatch traces L_B(w_t) − L_B(w*) the
@@ -35,7 +39,17 @@ from slt_ppl.estimators.error_bars import arviz_mcse as mcse
 from slt_ppl.estimators.error_bars import arviz_rhat as rhat
 from slt_ppl.estimators.error_bars import honest_se, signal_ess_rhat
 
-__all__ = ["HealthThresholds", "diagnose", "ess", "health_checks", "mcse", "rhat", "trend_z"]
+__all__ = [
+    "HealthThresholds",
+    "diagnose",
+    "ess",
+    "health_checks",
+    "mcse",
+    "relaxation_check",
+    "relaxation_deficit",
+    "rhat",
+    "trend_z",
+]
 
 SG_ACCEPTANCE_BAND = (0.90, 0.95)
 EXACT_ACCEPTANCE_BAND = (0.40, 0.99)
@@ -67,6 +81,75 @@ def trend_z(trace: xr.DataArray) -> float:
     se = np.hypot(honest_se(first), honest_se(last))
     diff = float(last.mean() - first.mean())
     return abs(diff) / se if se > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+RELAXATION_MAX_DEFICIT = 0.05
+NO_RELAXATION_KERNELS = ("hmc", "nuts")  # their moves are not ε-sized Langevin steps
+
+
+def relaxation_deficit(step_size: float, gamma: float, burnin_steps: int, kept_steps: int) -> float:
+    """Mean, over the kept steps, of the fraction of its stationary variance that a direction of
+    precision γ still lacks in a chain started at w*.
+
+    A Langevin chain w ← w − (ε/2)·h·w + √ε·ξ started at 0 has variance v_t = (1 − a^t)/h·(1+O(εh))
+    with a = (1 − εh/2)² ≈ e^{−εh}; the deficit e^{−εht} averaged over t ∈ [b, b + K] is
+
+        D = (e^{−εγb} − e^{−εγ(b+K)}) / (εγK).
+
+    Directions held only by the localization (h ≈ γ, the flat valleys at a singular center) are
+    the slowest (``sampling.defaults.auto_thin`` uses the same time 2/(εγ)); a singular direction
+    also carries part of λ̂, so D bounds the relative underestimate of that part. 0 when εγ = 0
+    cannot be evaluated (NaN)."""
+    rate = float(step_size) * float(gamma)
+    if not (np.isfinite(rate) and rate > 0 and kept_steps > 0):
+        return float("nan")
+    b, k = float(burnin_steps), float(kept_steps)
+    return float((np.exp(-rate * b) - np.exp(-rate * (b + k))) / (rate * k))
+
+
+def relaxation_check(
+    distance: xr.DataArray | None, attrs: dict, thresholds: HealthThresholds | None = None
+) -> tuple[float, bool, str] | None:
+    """(value, passed, detail) of the ``relaxation`` check, or None when it does not apply (no
+    ``distance`` records; HMC/NUTS).
+
+    Fails when both (i) :func:`relaxation_deficit` of the run (ε from attrs times the
+    preconditioner's median ``precond_median`` when recorded, γ, burn-in and thin·num_draws steps)
+    exceeds 5 % and (ii) ‖w_t − w*‖² still drifts over the kept draws (:func:`trend_z` above
+    ``trend_z``). ‖w − w*‖² is dominated by the slow, wide directions (variance 1/γ each against
+    1/h for stiff ones), so it shows an unfinished relaxation long after the loss trace looks flat.
+    Found on a tiny language model: a 200-step per-head LLC read 3.9 ± 0.4 "healthy" where 2 000
+    steps gave 36.4 (ε·γ = 0.01: D = 0.23). Directions that do not enter L_n at all (unused
+    parameters) also drift; they cost a false alarm, never a wrong number called healthy.
+    """
+    kernel = str(attrs.get("kernel", ""))
+    if distance is None or kernel in NO_RELAXATION_KERNELS:
+        return None
+    th = thresholds or HealthThresholds()
+    try:
+        eps = float(attrs["step_size"]) * float(attrs.get("precond_median", 1.0))
+        gamma = float(attrs["gamma"])
+        thin = int(attrs.get("thin", 1))
+        burnin, kept = int(attrs.get("num_burnin", 0)), thin * int(distance.sizes["draw"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    deficit = relaxation_deficit(eps, gamma, burnin, kept)
+    z = trend_z(distance**2)
+    tau = 2.0 / (eps * gamma) if eps * gamma > 0 else float("inf")
+    short = bool(np.isfinite(deficit) and deficit > RELAXATION_MAX_DEFICIT)
+    drifting = bool(not np.isfinite(z) or z > th.trend_z)
+    failed = short and drifting
+    detail = (
+        f"run {burnin} burn-in + {kept} kept steps against the slowest relaxation 2/(εγ) = "
+        f"{tau:.3g} steps: deficit {deficit:.3f} (max {RELAXATION_MAX_DEFICIT}); "
+        f"‖w − w*‖² trend {z:.1f} se (max {th.trend_z})"
+    )
+    if failed:
+        detail += (
+            ": the flat directions were still spreading out, so λ̂ is likely underestimated — "
+            "run longer (num_burnin / thin) or leave thin automatic"
+        )
+    return deficit, not failed, detail
 
 
 def mixing(trace: xr.DataArray, minibatch: bool) -> tuple[float, float, str]:
@@ -107,13 +190,15 @@ def health_checks(
     minibatch: bool = False,
     bias: tuple[float, bool, str] | None = None,
     center: tuple[float, bool, str] | None = None,
+    relaxation: tuple[float, bool, str] | None = None,
 ) -> xr.Dataset:
     """Run every check on ``trace`` (dims chain, draw; healthy chains only) and return a Dataset with
     dim ``check``: value, passed, detail — and attrs ``healthy``, ``verdict`` and ``mixing_on``.
 
     ``minibatch``: the trace carries minibatch noise (ESS / R-hat of its signal, see ``mixing``);
     ``bias``: (value, passed, detail) of the ``bias`` check (``estimators.bias.bias_check``);
-    ``center``: (value, passed, detail) of the ``center`` check (``estimators.llc.center_check``)."""
+    ``center``: (value, passed, detail) of the ``center`` check (``estimators.llc.center_check``);
+    ``relaxation``: (value, passed, detail) of the ``relaxation`` check (:func:`relaxation_check`)."""
     th = thresholds or HealthThresholds()
     rows = [("finite", *_finite_check(diverged_at))]
     e, r, basis = mixing(trace, minibatch)
@@ -132,6 +217,8 @@ def health_checks(
         rows.append(("bias", *bias))
     if center is not None:
         rows.append(("center", *center))
+    if relaxation is not None:
+        rows.append(("relaxation", *relaxation))
     names, values, passed, details = zip(*rows, strict=True)
     ds = xr.Dataset(
         {

@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from slt_ppl.diagnostics import HealthThresholds, health_checks
+from slt_ppl.diagnostics import HealthThresholds, health_checks, relaxation_check
 from slt_ppl.errors import HealthWarning, SuspiciousCenterWarning
 from slt_ppl.estimators._common import (
     TEMPERATURE,
@@ -96,6 +96,7 @@ def estimate_llc(
         minibatch=is_minibatch(attrs),
         bias=bias_check(bias, estimate, se, (thresholds or HealthThresholds()).bias_share),
         center=center_check(estimate, se, attrs),
+        relaxation=relaxation_check(_distance(stats, ok), attrs, thresholds),
     )  # fmt: skip
     values = dict(zip(checks["check"].values, checks["check_value"].values, strict=True))
     ds = xr.Dataset(
@@ -138,6 +139,13 @@ def estimate_llc(
         }
     )
     return ds
+
+
+def _distance(stats: xr.Dataset, ok: xr.DataArray) -> xr.DataArray | None:
+    """‖w_t − w*‖ of the healthy chains, or None when not recorded (old results)."""
+    if "distance" not in stats or not bool(np.isfinite(stats["distance"]).any()):
+        return None
+    return stats["distance"].sel(chain=ok)
 
 
 CENTER_MAX_GRAD_Z = 5.0  # as slt_ppl.preflight.check_center's warning
