@@ -118,7 +118,9 @@ def conventions(d: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
                                     ("init_loss", float(d["L_n_center"]))):  # fmt: skip
             out[f"{rows}|{offset_name}"] = chi(level - offset, level, probe, ref)
         own = (level[..., None] - probe).mean((0, 1))  # E_C instead of E_full: −Cov_C(φ, ℓ_q−L_s)
-        out[f"{rows}|cov_C"] = chi(level - level.mean(), level, probe, own)
+        out[f"{rows}|cov_C"] = chi(level - level.mean(), level, probe, own)  # Cov_C(L_s, Δ_q)
+        out[f"{rows}|gap"] = own - ref  # E_C[Δ_q] − E_full[Δ_q]
+        out[f"{rows}|phi_center"] = level.mean() - d[f"full/{rows}_center"].mean()
     return out
 
 
@@ -127,7 +129,7 @@ def analyze(args: argparse.Namespace) -> None:
     names = [str(r) for r in d["restrictions"]]
     dev = json.loads(DEVINTERP.read_text())["sus"]
     dev_chi = dict(zip(dev["restrictions"], np.asarray(dev["per_sequence"]), strict=True))
-    rows = []
+    rows, steps = [], []
     for i, name in enumerate(names):
         if name == "full":
             continue
@@ -140,15 +142,21 @@ def analyze(args: argparse.Namespace) -> None:
         rows.append({
             "head": name,
             "A ours": c["train|center"].mean(),
-            "se(A)": float(np.sqrt(np.mean(se**2) / len(se))),
+            "median se(A) per q": float(np.median(se)),
             "B dev rows": c["train_dev|center"].mean(),
             "C +init_loss (devinterp formula)": c["train_dev|init_loss"].mean(),
             "devinterp reported": dev_chi[name].mean(),
             "corr(C, dev) over q": float(np.corrcoef(c["train_dev|init_loss"], dev_chi[name])[0, 1]),
             "corr(A, dev)": float(np.corrcoef(c["train|center"], dev_chi[name])[0, 1]),
-            "-Cov_C": c["train_dev|cov_C"].mean(),
+            "Cov_C(L_s, D_q)": c["train_dev|cov_C"].mean(),
+            "E_C[phi] (B)": c["train_dev|phi_center"],
+            "E_C[D_q]-E_full[D_q]": c["train_dev|gap"].mean(),
             "offset c": offset,
         })  # fmt: skip
+        steps.append([np.abs(c["train_dev|center"] - c["train|center"]).mean(),
+                      np.abs(c["train_dev|init_loss"] - c["train_dev|center"]).mean(),
+                      np.abs(dev_chi[name] - c["train_dev|init_loss"]).mean(),
+                      np.abs(dev_chi[name] - c["train|center"]).mean()])  # fmt: skip
     keys = list(rows[0])
     print("| " + " | ".join(keys) + " |")
     print("|" + " --- |" * len(keys))
@@ -157,6 +165,35 @@ def analyze(args: argparse.Namespace) -> None:
             "| " + " | ".join(r[k] if isinstance(r[k], str) else f"{r[k]:.3g}" for k in keys) + " |"
         )
     json.dump(rows, open(OUT / "table.json", "w"), indent=1, default=float)
+    labels = ("rows of L_s (A→B)", "φ reference (B→C)", "other draws (C→devinterp)", "total")
+    for label, value in zip(labels, np.mean(steps, axis=0), strict=True):
+        print(f"mean |change| per sequence, {label}: {value:.3g}")
+    bif_se_check(d["full/probe"], float(FLAT["nbeta"]))
+
+
+def bif_se_check(probe: np.ndarray, nbeta: float) -> None:
+    """Share of off-diagonal BIF correlations beyond 2 se on the full run's probe losses, with
+    the old fixed 20 batches and the autocorrelation-sized batches (issue 15's 48 %)."""
+    import warnings
+
+    import xarray as xr
+
+    import slt_ppl
+
+    stats = xr.Dataset({"loss_p": (("chain", "draw", "p"), probe),
+                        "loss_p_center": (("p",), np.zeros(probe.shape[-1]))})  # fmt: skip
+    tree = xr.DataTree.from_dict({"sample_stats": stats})
+    tree.attrs["nbeta"] = nbeta
+    off = ~np.eye(probe.shape[-1], dtype=bool)
+    for label, k in (("fixed 20 batches", 20), ("autocorrelation batches", None)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = slt_ppl.bif(tree, "p", kind="correlation", num_batches=k)
+        beyond = np.abs(r["bif"].values[off]) > 2 * r["bif_se"].values[off]
+        print(f"BIF correlation, {label}: K = {r.attrs['num_batches']} batches of "
+              f"{r.attrs['batch_draws']} draws (tau {r.attrs['autocorrelation_time']:.1f}), "
+              f"median se {np.median(r['bif_se'].values[off]):.3f}, "
+              f"beyond 2 se {beyond.mean():.2f}")  # fmt: skip
 
 
 def main() -> None:

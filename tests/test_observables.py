@@ -48,6 +48,14 @@ def _closed_form_bif(probe, mu, sigma):
     return 0.5 * s**2 + np.outer(m, m) * s
 
 
+def _tail(tree):
+    """The second half of a tree's draws (another sample of the same posterior)."""
+    stats = tree["sample_stats"].to_dataset()
+    return xr.DataTree.from_dict(
+        {"sample_stats": stats.isel(draw=slice(stats.sizes["draw"] // 2, None))}
+    )
+
+
 def _torch_module_posterior(data, center):
     import torch
 
@@ -124,6 +132,17 @@ def test_bif_on_exact_gaussian_draws(problem):
     z = (chi["susceptibility"].values[0] - chi_exact) / chi["susceptibility_se"].values[0]
     assert np.max(np.abs(z)) < 4.5, z
     assert np.median(chi["susceptibility_se"].values[0] / np.abs(chi_exact)) < 0.2  # not vacuous
+    # χ = Cov_C(L_s, Δ_q) + E_C[φ]·(E_C[Δ_q] − E_full[Δ_q]): the full run's own χ is its Cov part;
+    # a second run (other draws) as a restriction: the identity holds with its own means
+    chi2 = slt_ppl.susceptibility({"full": tree, "other": _tail(tree)}, sampling="train", probe="p")
+    np.testing.assert_allclose(chi2["susceptibility_cov"][0], chi2["susceptibility"][0], rtol=1e-9)
+    losses = {k: slt_ppl.probe_losses(_tail(tree), k).values for k in ("train", "p")}
+    level = losses["train"].mean(-1)
+    delta = level[..., None] - losses["p"]
+    full_delta = stats["loss_train"].values.mean(-1)[..., None] - stats["loss_p"].values
+    gap = delta.mean((0, 1)) - full_delta.mean((0, 1))
+    expected = chi2["susceptibility_cov"].values[1] + level.mean() * gap  # L_s(w*) = 0 here
+    np.testing.assert_allclose(chi2["susceptibility"].values[1], expected, rtol=1e-8, atol=1e-12)
 
 
 def test_mala_records_probe_losses_that_match_the_closed_form(problem):

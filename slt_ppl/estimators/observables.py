@@ -165,7 +165,11 @@ def susceptibility(
     loss L_B(w_t) and its paired L_B(w*), noisy under minibatches) or the name of a probe set
     drawn from the sampling distribution (L_s = the mean of its losses, exact at every draw).
     ``probe``: the probe set q. Returns ``susceptibility`` and ``susceptibility_se`` with dims
-    (restriction, <probe>_item); the se adds the full run's error of E_full[L_s − ℓ_q]."""
+    (restriction, <probe>_item); the se adds the full run's error of E_full[L_s − ℓ_q]. Also
+    ``susceptibility_cov`` (and its se) = Cov_C(L_s, L_s − ℓ_q), the part that does not depend
+    on φ's reference: χ = Cov_C + E_C[φ]·(E_C[L_s − ℓ_q] − E_full[L_s − ℓ_q]), and the second
+    term changes with the reference subtracted from φ (docs/observables.md, "Susceptibility
+    conventions")."""
     if probe is None:
         raise SettingError("susceptibility needs probe=<the name of an observed probe set>")
     if "full" not in results_by_restriction:
@@ -179,7 +183,7 @@ def susceptibility(
     }
     full_batches, _ = _batches(parts["full"], num_batches)
     ref, ref_se = _jackknife(full_batches, lambda s: s["mean"][1:])
-    values, ses, counts = [], [], []
+    values, ses, counts, covs = [], [], [], []
     for name, items in parts.items():
         batches, batching = _batches(items, num_batches)
         counts.append(batching["num_batches"])
@@ -190,6 +194,9 @@ def susceptibility(
             return phi_delta - phi * (s["mean"][1:] if own else ref)
 
         value, se = _jackknife(batches, chi, "cross")
+        covs.append(
+            _jackknife(batches, lambda s: s["cross"] - s["mean"][0] * s["mean"][1:], "cross")
+        )
         if not own_ref:  # the reference's Monte Carlo error enters through E_C[φ]
             phi_mean = float(np.mean(items[..., 0]))
             se = np.sqrt(se**2 + (phi_mean * ref_se) ** 2)
@@ -198,6 +205,8 @@ def susceptibility(
     dims = ("restriction", f"{probe}_item")
     return xr.Dataset(
         {"susceptibility": (dims, np.stack(values)), "susceptibility_se": (dims, np.stack(ses)),
+         "susceptibility_cov": (dims, np.stack([c[0] for c in covs])),
+         "susceptibility_cov_se": (dims, np.stack([c[1] for c in covs])),
          "num_batches": ("restriction", counts)},
         coords={"restriction": list(parts), dims[1]: np.arange(values[0].shape[0])},
         attrs={"sampling": sampling, "probe": probe, "per": per,
