@@ -21,9 +21,18 @@ expectation below is over that posterior, estimated by pooling all draws of all 
   E[φ] by −nβ·h·Cov(φ, ℓ_q − L_s) to first order (fluctuation–dissipation), so χ is that linear
   response divided by nβ.
 
-Monte Carlo standard errors: the draws of each chain are cut into contiguous batches (K batches in
-all, ≥ 20 by default) and the delete-one-batch jackknife gives the se (Efron & Stein 1981; batches
-longer than the autocorrelation time make it valid for correlated draws, as for batch means).
+Monte Carlo standard errors: the draws of each chain are cut into contiguous batches and the
+delete-one-batch jackknife over all chains × batches gives the se of every entry (Efron & Stein
+1981). The jackknife treats the K batches as independent, which holds for correlated draws only
+when a batch outlasts the autocorrelation (as for batch means, Flegal & Jones 2010): the batch
+length is ``BATCH_TAUS`` = 5 integrated autocorrelation times τ̂ of the per-draw item traces
+(τ̂ = C·N / ArviZ's ESS of the mean, the largest over the items, at most ``TAU_ITEMS`` of them),
+so short runs get few long batches (down to one per chain: then the se is the spread of the chain
+means) rather than many short ones. With fixed 5-draw batches on a run of ESS 8-60 the se was too
+small (48 % of a tiny LM's BIF entries beyond 2 se); the coverage of ±2 se measured on a Gaussian
+closed form is in docs/observables.md. The se has K − 1 degrees of freedom (attrs
+``num_batches``): ±2 se covers ≈ 95 % only for K ≳ 30 (t distribution: 92 % at K = 10, 86 % at
+K = 4); below ``MIN_RELIABLE_BATCHES`` a warning says so.
 Per-token probes: ``per="token"`` treats every (row, token) as an item; ``per="sample"`` (default)
 uses each row's mean per-token NLL, the scale of L_n (docs/observables.md).
 """
@@ -31,18 +40,22 @@ uses each row's mean per-token NLL, the scale of L_n (docs/observables.md).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import arviz_stats
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from slt_ppl.errors import ResultError, SettingError
+from slt_ppl.errors import ResultError, SettingError, SLTWarning
 
 __all__ = ["bif", "llc_decomposition", "probe_losses", "susceptibility", "top_pairs"]
 
-MIN_BATCHES = 20
+BATCH_TAUS = 5  # batch length in autocorrelation times (module docstring; docs/observables.md)
+TAU_ITEMS = 256  # items whose traces set τ̂ (evenly spaced: the cost stays bounded)
+MIN_RELIABLE_BATCHES = 10
 
 
 def probe_losses(
@@ -85,13 +98,13 @@ def bif(
     if kind not in ("covariance", "correlation"):
         raise SettingError(f"kind must be 'covariance' or 'correlation', got {kind!r}")
     items, info = _items(result, observable, per, temperature)
-    batches = _batches(items, num_batches)
+    batches, batching = _batches(items, num_batches)
     stat = _covariance if kind == "covariance" else _correlation
     value, se = _jackknife(batches, stat, "second")
     dims = (f"{observable}_i", f"{observable}_j")
     coords = {dims[0]: np.arange(value.shape[0]), dims[1]: np.arange(value.shape[0])}
-    attrs = {**info, "kind": kind, "num_batches": len(batches), "sign": "+Cov(l_i, l_j)",
-             "se_method": "delete-one-batch jackknife"}  # fmt: skip
+    attrs = {**info, **batching, "kind": kind, "sign": "+Cov(l_i, l_j)",
+             "se_method": "delete-one-batch jackknife over chains x batches"}  # fmt: skip
     return xr.Dataset({"bif": (dims, value), "bif_se": (dims, se)}, coords=coords, attrs=attrs)
 
 
@@ -119,7 +132,7 @@ def llc_decomposition(
     items, info = _items(result, observable, per, temperature)
     center = _center_items(result, observable, per)
     nbeta = float(info["nbeta"])
-    batches = _batches(items, num_batches)
+    batches, batching = _batches(items, num_batches)
     value, se = _jackknife(batches, lambda s: nbeta * (s["mean"] - center))
     mean, mean_se = _jackknife(batches, lambda s: nbeta * float(np.mean(s["mean"] - center)))
     dim = f"{observable}_item"
@@ -131,7 +144,7 @@ def llc_decomposition(
             "llc_mean_se": ((), float(mean_se)),
         },
         coords={dim: np.arange(value.shape[0])},
-        attrs={**info, "num_batches": len(batches), "formula": "nbeta*(E[l_i] - l_i(w*))"},
+        attrs={**info, **batching, "formula": "nbeta*(E[l_i] - l_i(w*))"},
     )
 
 
@@ -152,7 +165,11 @@ def susceptibility(
     loss L_B(w_t) and its paired L_B(w*), noisy under minibatches) or the name of a probe set
     drawn from the sampling distribution (L_s = the mean of its losses, exact at every draw).
     ``probe``: the probe set q. Returns ``susceptibility`` and ``susceptibility_se`` with dims
-    (restriction, <probe>_item); the se adds the full run's error of E_full[L_s − ℓ_q]."""
+    (restriction, <probe>_item); the se adds the full run's error of E_full[L_s − ℓ_q]. Also
+    ``susceptibility_cov`` (and its se) = Cov_C(L_s, L_s − ℓ_q), the part that does not depend
+    on φ's reference: χ = Cov_C + E_C[φ]·(E_C[L_s − ℓ_q] − E_full[L_s − ℓ_q]), and the second
+    term changes with the reference subtracted from φ (docs/observables.md, "Susceptibility
+    conventions")."""
     if probe is None:
         raise SettingError("susceptibility needs probe=<the name of an observed probe set>")
     if "full" not in results_by_restriction:
@@ -164,11 +181,12 @@ def susceptibility(
         c: _response_items(r, sampling, probe, per, temperature)
         for c, r in results_by_restriction.items()
     }
-    full_batches = _batches(parts["full"], num_batches)
+    full_batches, _ = _batches(parts["full"], num_batches)
     ref, ref_se = _jackknife(full_batches, lambda s: s["mean"][1:])
-    values, ses = [], []
+    values, ses, counts, covs = [], [], [], []
     for name, items in parts.items():
-        batches = _batches(items, num_batches)
+        batches, batching = _batches(items, num_batches)
+        counts.append(batching["num_batches"])
         own_ref = name == "full"
 
         def chi(s: dict[str, Any], own: bool = own_ref) -> np.ndarray:
@@ -176,6 +194,9 @@ def susceptibility(
             return phi_delta - phi * (s["mean"][1:] if own else ref)
 
         value, se = _jackknife(batches, chi, "cross")
+        covs.append(
+            _jackknife(batches, lambda s: s["cross"] - s["mean"][0] * s["mean"][1:], "cross")
+        )
         if not own_ref:  # the reference's Monte Carlo error enters through E_C[φ]
             phi_mean = float(np.mean(items[..., 0]))
             se = np.sqrt(se**2 + (phi_mean * ref_se) ** 2)
@@ -183,7 +204,10 @@ def susceptibility(
         ses.append(se)
     dims = ("restriction", f"{probe}_item")
     return xr.Dataset(
-        {"susceptibility": (dims, np.stack(values)), "susceptibility_se": (dims, np.stack(ses))},
+        {"susceptibility": (dims, np.stack(values)), "susceptibility_se": (dims, np.stack(ses)),
+         "susceptibility_cov": (dims, np.stack([c[0] for c in covs])),
+         "susceptibility_cov_se": (dims, np.stack([c[1] for c in covs])),
+         "num_batches": ("restriction", counts)},
         coords={"restriction": list(parts), dims[1]: np.arange(values[0].shape[0])},
         attrs={"sampling": sampling, "probe": probe, "per": per,
                "formula": "E_C[phi*(L_s - l_q)] - E_C[phi]*E_full[L_s - l_q], "
@@ -278,18 +302,45 @@ def _response_items(
 # -- batches and the jackknife -----------------------------------------------------------------
 
 
-def _batches(items: np.ndarray, num_batches: int | None) -> list[np.ndarray]:
-    """Contiguous blocks of draws within each chain, K ≥ ``MIN_BATCHES`` in all by default."""
+def _batches(items: np.ndarray, num_batches: int | None) -> tuple[list[np.ndarray], dict]:
+    """Contiguous blocks of draws within each chain and attrs describing them: blocks of
+    ``BATCH_TAUS``·τ̂ draws (module docstring), or ⌈num_batches / chains⌉ per chain when given."""
     chains, draws = items.shape[:2]
-    per_chain = math.ceil((num_batches or MIN_BATCHES) / chains)
-    per_chain = max(1, min(per_chain, draws // 2 or 1))
+    tau = _autocorrelation_time(items)
+    if num_batches is None:
+        per_chain = max(1, draws // max(1, math.ceil(BATCH_TAUS * tau)))
+    else:
+        per_chain = max(1, min(math.ceil(num_batches / chains), draws // 2 or 1))
     blocks = [b for c in range(chains) for b in np.array_split(items[c], per_chain, axis=0)]
-    if len(blocks) < 2:
-        raise ResultError(
-            f"{chains} chain(s) of {draws} observed draws: too few for a standard error "
-            "(record more draws or chains)"
-        )
-    return blocks
+    info = {"num_batches": len(blocks), "batch_draws": draws // per_chain,
+            "autocorrelation_time": tau}  # fmt: skip
+    if len(blocks) < MIN_RELIABLE_BATCHES:
+        warnings.warn(
+            f"the standard errors rest on {len(blocks)} batch(es) of {draws // per_chain} draws "
+            f"({chains} chain(s) x {per_chain}; autocorrelation time {tau:.3g} draws): "
+            + ("no se without a second batch" if len(blocks) < 2 else
+               f"{len(blocks) - 1} degrees of freedom, so ±2 se covers less than 95 %")
+            + " (record more draws or chains)",
+            SLTWarning,
+            3,
+        )  # fmt: skip
+    return blocks, info
+
+
+def _autocorrelation_time(items: np.ndarray) -> float:
+    """τ̂ = C·N / ESS: the largest integrated autocorrelation time of the items' traces (ArviZ's
+    ESS of the mean, which also sees chains that disagree), over at most ``TAU_ITEMS`` items."""
+    chains, draws = items.shape[:2]
+    flat = items.reshape(chains, draws, -1)
+    pick = np.unique(np.linspace(0, flat.shape[-1] - 1, min(TAU_ITEMS, flat.shape[-1])).astype(int))
+    x = flat[..., pick].astype(np.float64)
+    x = x[..., np.ptp(x, axis=(0, 1)) > 0]  # a constant trace has no autocorrelation time
+    if x.shape[-1] == 0 or draws < 4:
+        return 1.0
+    da = xr.DataArray(x, dims=("chain", "draw", "item"))
+    ess = np.asarray(arviz_stats.ess(da, sample_dims=["chain", "draw"], method="mean"))
+    ess = ess[np.isfinite(ess) & (ess > 0)]
+    return float(chains * draws / ess.min()) if ess.size else float(draws)
 
 
 def _sums(block: np.ndarray, moments: str) -> dict[str, Any]:
@@ -324,6 +375,8 @@ def _jackknife(
             total[key] = total[key] + value if key in total else value
     value = np.asarray(stat(_moments(total)), dtype=np.float64)
     k = len(batches)
+    if k < 2:
+        return value, np.full_like(value, np.nan)
     acc, acc2 = np.zeros_like(value), np.zeros_like(value)
     for b in batches:
         s = _sums(b, moments)

@@ -10,7 +10,10 @@ the statistics in memory. The file is NetCDF4 (HDF5, written with h5netcdf) with
     loss, loss_center, acceptance, grad_norm, distance (chain, draw)
 
 Draws with index < attrs["num_burnin_draws"] are burn-in. The root attrs repeat n, nβ, γ, dim and
-the sites' shapes.
+the sites' shapes, and for a weight-restricted posterior (``localize(..., restrict_to=...)``) the
+restriction as the in-memory result records it: ``restricted_to`` (JSON), ``sampled_dim`` (= dim,
+the length of a ``position`` row) and ``full_dim``; ``LocalPosterior.unravel`` of a row then gives
+every site, the coordinates not sampled held at w*.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from slt_ppl.sampling.result import STAT_FIELDS as STATS
+
+RESTRICTION_ATTRS = ("restricted_to", "sampled_dim", "full_dim")  # set by slt_ppl.restrict
 
 
 class DrawStream:
@@ -55,6 +60,7 @@ class DrawStream:
                 "dim": int(d),
                 "sites": json.dumps({k: list(v) for k, v in posterior.sites.items()}),
                 "num_burnin_draws": int(num_burnin_draws),
+                **{k: posterior.info[k] for k in RESTRICTION_ATTRS if k in posterior.info},
             }
         )
         self.file = f
