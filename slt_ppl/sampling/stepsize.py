@@ -342,8 +342,8 @@ def adapt_along_chains(
     seeds there: sd 0.17 over seven realizations for a reported 0.09-0.14) read 4.06 for 3.57,
     labelled healthy. At 1.5 % the same seed read 3.92 ± 0.11 (first-order heating 0.08 instead of
     0.19; the drop of λ̂, 0.13 on the same sampling keys, matches the estimate's 0.11).
-    Metropolis-corrected kernels (MALA) have no heating; for them the same windows keep the acceptance rate in ``MALA_BAND`` where the
-    chains go (tuned at w* alone, MALA's acceptance fell to 0.33 in the valleys of a rank-0
+    Metropolis-corrected kernels (MALA) have no heating; for them the same windows keep the
+    acceptance rate in ``MALA_BAND`` where the chains go (tuned at w* alone, MALA's acceptance fell to 0.33 in the valleys of a rank-0
     reduced-rank regression).
     """
     post = runner.posterior
