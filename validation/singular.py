@@ -41,6 +41,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -143,6 +144,21 @@ def reference(case: Case, ref_post: Any, mode: str, seed: int = 0) -> dict[str, 
     }  # fmt: skip
 
 
+def cached_reference(
+    case: Case, ref_post: Any, mode: str, seed: int, path: str | Path | None
+) -> dict[str, Any]:
+    """:func:`reference`, looked up in (and added to) the JSON file ``path`` when one is given."""
+    if path is None:
+        return reference(case, ref_post, mode, seed)
+    path = Path(path)
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    key = f"{case.name} | {mode} | seed {seed}"
+    if key not in cache:
+        cache[key] = reference(case, ref_post, mode, seed)
+        path.write_text(json.dumps(cache, indent=1))
+    return cache[key]
+
+
 def run_kernel(post: Any, kernel: str | None, exact: float, exact_se: float, seed: int,
                progress: bool) -> dict[str, Any]:  # fmt: skip
     """One sampling run at the automatic settings and its pass criterion (module docstring)."""
@@ -202,10 +218,15 @@ def singular_suite(
     seed: int = 0,
     only: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
+    reference_cache: str | Path | None = None,
+    two_temperature: bool = True,
 ) -> xr.Dataset:
     """Run the suite (module docstring) and return one row per (case, kernel) along ``run``;
     attrs hold suite, title, criterion, passed (0/1), summary, settings, wall_time_s.
-    ``only``: run just the cases with these names (``cases(mode)`` lists them)."""
+    ``only``: run just the cases with these names (``cases(mode)`` lists them).
+    ``reference_cache``: a JSON file of exact references by case, mode and seed, read and extended
+    (a NUTS reference costs 3-10 minutes per RRR case; the sampling runs are what changes).
+    ``two_temperature``: False skips the two-temperature runs (their columns are then NaN)."""
     t0 = time.perf_counter()
     selected = [c for c in cases(mode) if only is None or c.name in only]
     if not selected:
@@ -216,8 +237,12 @@ def singular_suite(
     skipped = set()
     for case in selected:
         post, ref_post, lam = build(case, seed)
-        ref = reference(case, ref_post, mode, seed)
-        checks_two = case.family in ("rrr", "dln", "crossing") and post.n >= TWO_TEMPERATURE_MIN_N
+        ref = cached_reference(case, ref_post, mode, seed, reference_cache)
+        checks_two = (
+            two_temperature
+            and case.family in ("rrr", "dln", "crossing")
+            and post.n >= TWO_TEMPERATURE_MIN_N
+        )
         two = run_two_temperature(post, lam, seed, progress) if checks_two else {}
         if two and not _target_meets_two_temperature(ref["exact_two_temperature"], lam):
             off = ref["exact_two_temperature"] / lam - 1

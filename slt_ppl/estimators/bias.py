@@ -41,6 +41,20 @@ tuned ε, exact λ by closed form / quadrature):
   0.009, Δλ̂ = 0.024 (healthy, and right). With an earlier, larger tuned ε (9.4e-3) the crossing
   gave 0.291 ± 0.028 with Δλ̂ = 0.096: λ̂ − Δλ̂ = 0.195. ``llc_bias_corrected`` = λ̂ − Δλ̂ is reported
 beside λ̂, not instead of it: the noise term is an upper bound.
+
+At a singular center (session 5, issue 13): RRR 3-3-3 at rank 2, n = 5000, exact 3.57 ± 0.04
+(NUTS), SGLD batch 256 at a fixed ε = 1.92e-6 given by the user (burn-in num_draws·thin steps):
+λ̂ = 3.59 ± 0.11 and 3.62 ± 0.13 on two seeds with Δλ̂ = 0.17 (noise term 0.12); batch 128:
+3.74 ± 0.11 with Δλ̂ = 0.26 (flagged); full batch 3.50 ± 0.05; 10× ε: 6.37 ± 0.19 with Δλ̂ = 2.09
+(flagged). So the estimate held as a bound at 1× and 2× the noise and was 0.75× the heating at
+10× ε (second order; flagged anyway). The earlier reading "minibatch heating 0.55, estimate
+0.14" compared the default run (4.06) with user-ε runs: the defaults' excess came from the
+adaptation windows (run at up to 1.5-2× the final ε) followed by a burn-in of only
+num_draws·thin/4 steps at the frozen ε; the same seed with num_draws·thin steps read 3.63
+(``sampling.stepsize.adapt_burnin`` now settles the chains that long). The records themselves
+are unbiased (tests/test_heating_records.py: per-datum gradients and the full Hessian at an
+off-center point). Not seen by this estimate, by design: a chain that has not forgotten an
+earlier, hotter ε (non-stationarity; the verdict's mixing and relaxation checks).
 """
 
 from __future__ import annotations
