@@ -66,7 +66,7 @@ def test_rmsprop_sgld_matches_quadrature_at_the_crossing():
 def test_localized_delta_bounds_the_preconditioner():
     gamma = 0.145
     pre = rmsprop(delta=localized_delta(gamma))
-    state, g = pre.update(pre.init(jnp.zeros(3)), jnp.zeros(3))  # vanishing gradient at w*
+    _, g = pre.update(pre.init(jnp.zeros(3)), jnp.zeros(3))  # vanishing gradient at w*
     np.testing.assert_allclose(g, 1.0 / math.sqrt(gamma), rtol=1e-6)
     assert localized_delta(0.0) == 1e-5  # γ = 0 (no localization): RMSprop's usual damping
     with pytest.raises(ValueError, match="gamma"):
