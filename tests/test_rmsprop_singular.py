@@ -75,7 +75,7 @@ def test_localized_delta_bounds_the_preconditioner():
 
 def test_pool_takes_group_means_of_v_hat_and_freezes():
     alpha, delta = 0.9, 1e-3
-    pre = rmsprop(alpha=alpha, delta=delta)
+    pre = rmsprop(alpha=alpha, delta=delta, freeze_after=1000)
     grads = jnp.array([[1.0, 4.0], [3.0, 0.0], [2.0, 2.0], [6.0, 2.0]])
     counts = jnp.array([1, 3, 2, 5])
     states = []
@@ -94,6 +94,12 @@ def test_pool_takes_group_means_of_v_hat_and_freezes():
         after, g = pre.update(one, jnp.array([100.0, 100.0]))  # frozen: the gradient is ignored
         np.testing.assert_allclose(g, 1.0 / (np.sqrt(expected[c]) + delta), rtol=1e-5)
         np.testing.assert_allclose(after.second_moment, one.second_moment)
+
+
+def test_pool_leaves_a_live_preconditioner_alone():
+    pre = rmsprop()  # freeze_after None: G follows the gradients, per chain
+    states = pre.init(jnp.zeros((3, 2)))
+    assert pre.pool(states, jnp.zeros(3)) is states
 
 
 def test_pool_chains_leaves_other_kernels_alone():

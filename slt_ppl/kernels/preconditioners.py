@@ -63,7 +63,8 @@ def rmsprop(
     the last ≈ 1/(1−α) = 100 steps of that chain alone; at a crossing the chains sit in different
     valleys, each G then favors its own valley, and the chains stay there (R-hat 1.25, ESS 14 on
     y = w1²w2³·x, n = 1000). The pooled mean estimates the posterior average E[g²] = E[∂²U]
-    (Stein's identity), the same for every chain, so every chain runs the same kernel.
+    (Stein's identity), the same for every chain, so every chain runs the same kernel. Without
+    ``freeze_after`` (a live G) ``pool`` changes nothing.
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"rmsprop alpha must lie in (0, 1), got {alpha}")
@@ -84,6 +85,8 @@ def rmsprop(
         return RMSPropState(v, count, state.frozen), _rms_diagonal(v, count, alpha, delta)
 
     def pool(states: RMSPropState, groups: Array) -> RMSPropState:
+        if freeze_after is None:  # a live G was asked for: leave every chain its own
+            return states
         count = states.count[..., None]  # (C, 1): one count per chain
         correction = 1.0 - alpha ** jnp.maximum(count, 1).astype(states.second_moment.dtype)
         v_hat = jnp.where(count > 0, states.second_moment / correction, 0.0)  # (C, d)
