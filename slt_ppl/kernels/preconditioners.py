@@ -114,7 +114,8 @@ def pool_chains(kernel: Any, kernel_state: Any, groups: Array) -> Any:
     inner = getattr(kernel_state, "precond_state", None)
     if pre is None or getattr(pre, "pool", None) is None or inner is None:
         return kernel_state
-    return kernel_state._replace(precond_state=pre.pool(inner, jnp.asarray(groups)))
+    pooled = pre.pool(inner, jnp.asarray(groups))
+    return kernel_state if pooled is inner else kernel_state._replace(precond_state=pooled)
 
 
 def localized_delta(gamma: float, floor: float = 1e-5) -> float:
