@@ -64,5 +64,7 @@ class Kernel(NamedTuple):
     proposal: str
     full_batch: bool
     params: dict[str, Any]
-    preconditioner: Any = None  # the kernel's diagonal Preconditioner, if any (for step-size caps)
+    # the kernel's diagonal Preconditioner, if any: read by the step-size caps, pooled over the
+    # chains after the ε adaptation (``preconditioners.pool_chains``)
+    preconditioner: Any = None
     score: ScoreFn | None = None

@@ -48,6 +48,7 @@ def auto_thin(
     num_draws: int,
     kernel_state: Any = None,
     max_steps: int = MAX_STEPS,
+    kernel_params: dict[str, Any] | None = None,
 ) -> tuple[int, str]:
     """Steps per recorded draw so that the draws span ``RELAXATIONS`` relaxation times of the slowest
     mode, within ``WORK_BUDGET``; returns (thin, reason).
@@ -57,7 +58,9 @@ def auto_thin(
     Ornstein–Uhlenbeck process). At singular centers the valleys are exactly such directions: on the
     crossing y = w1·w2·x (n = 1000, γ = 0.145) MALA's ε = 1e-3 gives τ ≈ 1.4·10⁴ steps, and 2 000
     steps of it read λ̂ = 0.146 for an exact 0.196. For preconditioned kernels ε is scaled by the
-    median of their diagonal G (read from the chains' RMSprop state when given). The cost of a step
+    median of their diagonal G (read from the chains' RMSprop state when given, with the decay α
+    and damping δ of ``kernel_params``: the driver sets δ = √γ, ``preconditioners.localized_delta``,
+    so G ≤ 1/√γ; the paper's 1e-5 overstated G 10⁵-fold at a singular center). The cost of a step
     is taken as batch_size·d per chain; the thinning is capped so that burn-in plus draws (2·thin·
     num_draws steps) stay within ``WORK_BUDGET``, and is never below 1 (large models keep the run
     length the user asked for).
@@ -65,7 +68,7 @@ def auto_thin(
     import math
 
     gamma = float(posterior.gamma)
-    eps = float(step_size) * _median_precond(kernel_state)
+    eps = float(step_size) * _median_precond(kernel_state, kernel_params or {})
     if not (gamma > 0 and eps > 0 and math.isfinite(eps)):
         tau = math.inf
     else:
@@ -78,8 +81,9 @@ def auto_thin(
     return thin, f"thin {thin}: slowest relaxation 2/(εγ) = {tau:.3g} steps{capped}"
 
 
-def _median_precond(kernel_state: Any) -> float:
-    """Median diagonal preconditioner G of RMSprop-type chain states (1 for others)."""
+def _median_precond(kernel_state: Any, params: dict[str, Any]) -> float:
+    """Median diagonal preconditioner G = 1/(√V̂ + δ) of RMSprop-type chain states (1 for
+    others); α and δ from the kernel's ``params`` (RMSprop's defaults 0.99 and 1e-5 if absent)."""
     import numpy as np
 
     pre = getattr(kernel_state, "precond_state", kernel_state)  # JAX nests it; torch does not
@@ -92,5 +96,6 @@ def _median_precond(kernel_state: Any) -> float:
     if v.size == 0:  # torch's plain SGLD keeps an empty second moment
         return 1.0
     c = np.maximum(np.asarray(count, np.float64), 1.0).reshape(-1, *([1] * (v.ndim - 1)))
-    g = 1.0 / (np.sqrt(v / (1.0 - 0.99**c)) + 1e-5)
+    alpha, delta = float(params.get("alpha", 0.99)), float(params.get("delta", 1e-5))
+    g = 1.0 / (np.sqrt(v / (1.0 - alpha**c)) + delta)
     return float(np.median(g))

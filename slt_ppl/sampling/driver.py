@@ -34,6 +34,7 @@ import numpy as np
 import xarray as xr
 
 from slt_ppl.errors import SettingError
+from slt_ppl.kernels.preconditioners import localized_delta, pool_chains
 from slt_ppl.sampling.checkpoint import checkpoint_path, load_for_resume
 from slt_ppl.sampling.defaults import DEFAULT_BATCH_SIZE, MAX_STEPS, auto_thin, choose_kernel
 from slt_ppl.sampling.loop import DrawRecord
@@ -127,7 +128,11 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
     else:
         step_size, tuning, tuned = _step_size(backend, posterior, setup, s, tune_keys)
         if tuned is not None:  # the tuner's adaptation windows were burn-in: continue from them
-            setup = setup._replace(state=tuned)
+            setup = setup._replace(state=_pooled(setup, tuned))
+            if setup.state is not tuned:  # ε was adapted on per-chain G: adapt it again below
+                tuning["preconditioner"] = (
+                    "pooled over the chains and frozen after the ε adaptation"
+                )
     setup, s, step_size = _run_length(
         posterior, setup, s, step_size, tuning, tune_keys,
         getattr(backend, "max_auto_steps", MAX_STEPS),
@@ -172,6 +177,19 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
     return tree
 
 
+def _pooled(setup: Setup, state: Any) -> Any:
+    """``state`` with an adaptive preconditioner (RMSprop) pooled over the chains of each
+    temperature and frozen (``kernels.preconditioners.pool_chains``): every chain then samples
+    with the same G, estimated from all of them, for the rest of the run."""
+    kernel_state = getattr(state, "kernel_state", None)
+    factors = getattr(setup.runner, "nbeta_factors", None)
+    groups = np.zeros(len(setup.chain_index)) if factors is None else np.asarray(factors)
+    pooled = None if kernel_state is None else pool_chains(setup.kernel, kernel_state, groups)
+    if pooled is None or pooled is kernel_state:
+        return state
+    return state._replace(kernel_state=pooled)
+
+
 def _setup(backend: Backend, posterior: Any, s: RunSettings, probes: Any = None) -> Setup:
     """Kernel, minibatch size, chain layout (temperature-major; chain c has the same keys at every
     temperature: common random numbers, ``sampling.temperatures``), step program, keys and the
@@ -179,6 +197,7 @@ def _setup(backend: Backend, posterior: Any, s: RunSettings, probes: Any = None)
     options = dict(s.kernel_options or {})
     if s.kernel == "rmsprop_sgld":  # freeze the preconditioner after burn-in (thin not known yet)
         options.setdefault("freeze_after", s.num_draws if s.num_burnin is None else s.num_burnin)
+        options.setdefault("delta", localized_delta(float(posterior.gamma)))
     kern = backend.get_kernel(s.kernel, options)
     batch = posterior.n if kern.full_batch else min(posterior.n, s.batch_size or DEFAULT_BATCH_SIZE)
     factors = check_temperatures(s.temperatures)
@@ -248,10 +267,10 @@ def _run_length(
         if "thin" not in tuning:
             tuning["thin"], tuning["thin_reason"] = auto_thin(
                 posterior, step_size, setup.batch, len(setup.chain_index), s.num_draws,
-                setup.state.kernel_state, max_steps=max_steps,
+                setup.state.kernel_state, max_steps=max_steps, kernel_params=setup.kernel.params,
             )  # fmt: skip
             adapted = tuning.get("windows") or tuning.get("along_chains")
-            if tuning["thin"] > 1 and adapted:
+            if adapted and (tuning["thin"] > 1 or "preconditioner" in tuning):
                 runner = setup.runner.for_tuning().with_thin(int(tuning["thin"]))
                 step_size, tuning["burnin_adaptation"], state = adapt_burnin(
                     runner, setup.state, *tune_keys, step_size, s.num_draws
