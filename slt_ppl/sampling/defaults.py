@@ -68,7 +68,7 @@ def auto_thin(
     import math
 
     gamma = float(posterior.gamma)
-    eps = float(step_size) * _median_precond(kernel_state, kernel_params or {})
+    eps = float(step_size) * median_preconditioner(kernel_state, kernel_params or {})
     if not (gamma > 0 and eps > 0 and math.isfinite(eps)):
         tau = math.inf
     else:
@@ -81,7 +81,7 @@ def auto_thin(
     return thin, f"thin {thin}: slowest relaxation 2/(εγ) = {tau:.3g} steps{capped}"
 
 
-def _median_precond(kernel_state: Any, params: dict[str, Any]) -> float:
+def median_preconditioner(kernel_state: Any, params: dict[str, Any]) -> float:
     """Median diagonal preconditioner G = 1/(√V̂ + δ) of RMSprop-type chain states (1 for
     others); α and δ from the kernel's ``params`` (RMSprop's defaults 0.99 and 1e-5 if absent)."""
     import numpy as np

@@ -36,7 +36,13 @@ import xarray as xr
 from slt_ppl.errors import SettingError
 from slt_ppl.kernels.preconditioners import localized_delta, pool_chains
 from slt_ppl.sampling.checkpoint import checkpoint_path, load_for_resume
-from slt_ppl.sampling.defaults import DEFAULT_BATCH_SIZE, MAX_STEPS, auto_thin, choose_kernel
+from slt_ppl.sampling.defaults import (
+    DEFAULT_BATCH_SIZE,
+    MAX_STEPS,
+    auto_thin,
+    choose_kernel,
+    median_preconditioner,
+)
 from slt_ppl.sampling.loop import DrawRecord
 from slt_ppl.sampling.observe import NEVER, prepare, record_key
 from slt_ppl.sampling.options import RunSettings, check_settings, checkpoint_settings
@@ -162,6 +168,10 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
         "checkpoint": "" if ckpt_file is None else str(ckpt_file),
         "sampling_time_s": float(wall - (compile_time - compile_before)),
         "compile_time_s": float(compile_time),
+        # the relaxation check's ε·G (``diagnostics.relaxation_check``): G's median, final state
+        "precond_median": median_preconditioner(
+            getattr(state, "kernel_state", state), setup.kernel.params
+        ),
         **backend.attrs(),
         **({"draws_file": os.fspath(s.stream_to)} if s.stream_to is not None else {}),
     }
