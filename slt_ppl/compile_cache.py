@@ -40,9 +40,13 @@ MAX_ENTRIES = 64
 MAX_PROGRAMS = 32
 _CACHE: OrderedDict[str, Any] = OrderedDict()
 _PROGRAMS: OrderedDict[Any, Any] = OrderedDict()
-# hits/misses: compiled executables by lowered text; lowerings: programs traced and lowered;
-# program_hits/program_misses: program objects by structural key
-STATS = {"hits": 0, "misses": 0, "lowerings": 0, "program_hits": 0, "program_misses": 0}
+# hits/misses: compiled executables by lowered text; lowerings: programs traced and lowered (all);
+# program_hits/program_misses: program objects by structural key; program_lowerings: lowerings of
+# those program objects (CompiledProgram: the sampling loop's programs and keyed_call's)
+STATS = {
+    "hits": 0, "misses": 0, "lowerings": 0, "program_hits": 0, "program_misses": 0,
+    "program_lowerings": 0,
+}  # fmt: skip
 _DISABLED = {"programs": os.environ.get("SLT_PPL_PROGRAM_CACHE", "1") == "0"}
 
 
@@ -145,6 +149,7 @@ class CompiledProgram:
         compiled = self.executables.get(signature)
         if compiled is None:
             t0 = time.perf_counter()
+            STATS["program_lowerings"] += 1
             compiled, _ = compile_lowered(self.jitted.lower(*call))
             self.executables[signature] = compiled
             if stats is not None:
