@@ -85,13 +85,19 @@ def cached_call(fn: Callable[..., Any], *args: Any) -> Any:
     return compiled(*args)
 
 
-def keyed_call(key: Any, fn: Callable[..., Any], *args: Any) -> Any:
-    """``jax.jit(fn)(*args)`` through the structural cache: ``key`` must name everything that
-    determines ``fn``'s program besides the arguments' signature (``sampling.program_key``);
-    None (or the structural cache off) falls back to :func:`cached_call`."""
+def keyed_program(key: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``jax.jit(fn)`` compiled once per argument signature, shared through the structural cache:
+    ``key`` must name everything that determines ``fn``'s program besides the arguments'
+    signature (``sampling.program_key``); None (or the structural cache off): a program of its
+    own, whose executable still comes from the lowered-text cache."""
     if key is None or not programs_enabled():
-        return cached_call(fn, *args)
-    return shared_program(("call", key), lambda: CompiledProgram(jax.jit(fn)))(*args)
+        return CompiledProgram(jax.jit(fn))
+    return shared_program(("call", key), lambda: CompiledProgram(jax.jit(fn)))
+
+
+def keyed_call(key: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """``keyed_program(key, fn)(*args)``."""
+    return keyed_program(key, fn)(*args)
 
 
 def programs_enabled() -> bool:

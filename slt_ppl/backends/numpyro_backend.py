@@ -38,11 +38,11 @@ from slt_ppl.backends.common import (
     unit_information_gamma,
     validate_data,
 )
-from slt_ppl.compile_cache import keyed_call, programs_enabled
+from slt_ppl.compile_cache import keyed_call
 from slt_ppl.errors import CenterError, ModelError, SLTError
 from slt_ppl.posterior import LocalPosterior
 from slt_ppl.preflight import check_center_gradient, check_observed_sites
-from slt_ppl.sampling.program_key import Uncacheable, config_key, loss_digest
+from slt_ppl.sampling.program_key import loss_key, tagged
 
 
 def _reject_subsampling(model: Callable[..., Any]) -> Callable[..., Any]:
@@ -309,10 +309,8 @@ def finish_posterior(
 
     nbeta_value = resolve_nbeta(nbeta, n)
     try:  # one program for L_n(w*) and ∇L_n(w*) (the gradient is checked below)
-        value, center_grad = keyed_call(
-            _loss_key(loss_fn, center, data, "value_and_grad"), jax.value_and_grad(loss_fn),
-            center, data,
-        )  # fmt: skip
+        key = tagged("value_and_grad", loss_key(loss_fn, center, data, {n}))
+        value, center_grad = keyed_call(key, jax.value_and_grad(loss_fn), center, data)
         center_loss = float(value)
     except SLTError:
         raise
@@ -360,15 +358,3 @@ def finish_posterior(
         constrain=constrain if constrain is not None else (lambda p: p),
         info=info,
     )
-
-
-def _loss_key(loss_fn: Callable, center: jax.Array, data: Mapping[str, Any], tag: str) -> Any:
-    """Structural key (``sampling.program_key``) of ``tag`` applied to ``loss_fn`` on the full
-    data, so that the center evaluation of equal models skips tracing; None when there is none."""
-    if not programs_enabled():
-        return None
-    try:
-        n = len(next(iter(data.values())))
-        return (tag, loss_digest(loss_fn, center, data, {n}), config_key())
-    except Uncacheable:
-        return None

@@ -48,7 +48,14 @@ from slt_ppl.compile_cache import CompiledProgram, dtype_of, keyed_call
 from slt_ppl.kernels.base import Kernel
 from slt_ppl.posterior import LocalPosterior
 from slt_ppl.sampling.observe import NEVER, Probes, row_loss_fn
-from slt_ppl.sampling.program_key import Uncacheable, config_key, jaxpr_digest, loss_digest
+from slt_ppl.sampling.program_key import (
+    Uncacheable,
+    config_key,
+    jaxpr_digest,
+    loss_digest,
+    loss_key,
+    tagged,
+)  # fmt: skip
 
 Array = jax.Array
 
@@ -159,16 +166,6 @@ def _center_table_fn(
     )
 
 
-def _loss_key(post: LocalPosterior, rows: set[int]) -> Any:
-    """The structural key of ``post.loss_fn`` at batches of ``rows`` rows (None: uncacheable)."""
-    if not compile_cache.programs_enabled():
-        return None
-    try:
-        return (loss_digest(post.loss_fn, post.center, post.data, rows), config_key())
-    except Uncacheable:
-        return None
-
-
 @dataclass(frozen=True)
 class SegmentRunner:
     """Compiled runner of ``num_draws`` draws for all chains; see the module docstring.
@@ -271,13 +268,10 @@ class SegmentRunner:
             return None
         try:
             chunk = min(1024, post.n)
-            table = _center_table_fn(post.loss_fn, chunk, _loss_key(post, {1}))(
-                post.center, post.data
-            )
-            forward_key = _loss_key(post, {self.batch_size})
-            forward = functools.partial(
-                keyed_call, None if forward_key is None else ("loss", forward_key), post.loss_fn
-            )
+            table_key = loss_key(post.loss_fn, post.center, post.data, {1})
+            table = _center_table_fn(post.loss_fn, chunk, table_key)(post.center, post.data)
+            forward_key = loss_key(post.loss_fn, post.center, post.data, {self.batch_size})
+            forward = functools.partial(keyed_call, tagged("loss", forward_key), post.loss_fn)
             key = jax.random.PRNGKey(20240611)
             for j in range(2):
                 idx = jax.random.randint(jax.random.fold_in(key, j), (self.batch_size,), 0, post.n)

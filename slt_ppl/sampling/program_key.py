@@ -118,6 +118,27 @@ def _one_digest(loss_fn: Callable[..., Any], w: Any, batch: Mapping[str, Any]) -
     return forward + jaxpr_digest(derivatives, w, w, batch)
 
 
+def loss_key(
+    loss_fn: Callable[..., Any], center: Any, data: Mapping[str, Any], rows: Iterable[int]
+) -> tuple[str, tuple[Any, ...]] | None:
+    """The structural key of a program whose only code besides JAX's is ``loss_fn`` at batches of
+    ``rows`` rows, with every array an argument (for ``compile_cache.keyed_call``, next to a tag
+    naming the program); None when the structural cache is off or the loss cannot be described."""
+    from slt_ppl.compile_cache import programs_enabled
+
+    if not programs_enabled():
+        return None
+    try:
+        return loss_digest(loss_fn, center, data, rows), config_key()
+    except Uncacheable:
+        return None
+
+
+def tagged(tag: Any, key: Any) -> Any:
+    """``(tag, key)``, or None when ``key`` is None (uncacheable)."""
+    return None if key is None else (tag, key)
+
+
 def config_key() -> tuple[Any, ...]:
     """JAX's version, default backend and configuration flags (x64, PRNG implementation, matmul
     precision, ...): a program traced under other flags is another program."""
