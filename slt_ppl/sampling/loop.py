@@ -354,8 +354,8 @@ class SegmentRunner:
         if self.probes is not None:
             per_row, w = row_loss_fn(post), _abstract(post.center)
             probes = (self.probes.every, tuple(sorted(self.probes.shapes.items())), tuple(
-                (name, jaxpr_digest(per_row, w, _abstract(rows)))
-                for name, rows in sorted(self.probes.sets.items())
+                (name, jaxpr_digest(per_row, w, _abstract(probe)))
+                for name, probe in sorted(self.probes.sets.items())
             ))  # fmt: skip
         mesh = None
         if self.mesh is not None:
