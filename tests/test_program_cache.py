@@ -80,17 +80,32 @@ def test_temperatures_are_arguments_and_match_an_uncached_run() -> None:
     assert not np.array_equal(cached[0], again[0])  # the second temperature did change
 
 
-def test_a_closure_constant_makes_another_program() -> None:
-    """Two losses that differ only in a float closed over: a shared program would sample the
-    first posterior with the second one's arguments."""
-    _draws(_localize(scale=1.0), seed=3)
+SETTINGS = {"scale": 1.0}
+
+
+def global_loss(params, batch):
+    """Reads its noise scale from a mutable global when it is traced."""
+    resid = batch["y"] - batch["x"] @ params["w"]
+    return jnp.mean(0.5 * (resid / SETTINGS["scale"]) ** 2)
+
+
+def test_a_changed_constant_makes_another_program() -> None:
+    """The same posterior sampled again after a global its loss reads has changed: the loss
+    traces to another program (a constant of the jaxpr), which must not be served the first one
+    (nor a digest remembered from the first call)."""
+    post = slt_ppl.localize(global_loss, DATA, {"w": jnp.asarray([0.5, -0.3])}, gamma=10.0)
+    first = _draws(post, seed=3)
     misses = compile_cache.STATS["program_misses"]
-    post = _localize(scale=2.0)
-    cached = _draws(post, seed=3)
-    assert compile_cache.STATS["program_misses"] > misses
-    fresh = _uncached(post, seed=3)
+    SETTINGS["scale"] = 2.0
+    try:
+        cached = _draws(post, seed=3)
+        assert compile_cache.STATS["program_misses"] > misses
+        fresh = _uncached(post, seed=3)
+    finally:
+        SETTINGS["scale"] = 1.0
     for a, b in zip(cached, fresh, strict=True):
         np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], cached[0])
 
 
 def _key(post, kernel="sgld", batch=32, **options):

@@ -60,8 +60,8 @@ def jaxpr_digest(fn: Callable[..., Any], *avals: Any, with_text: bool = False) -
     """SHA-256 of ``fn``'s jaxpr at the abstract arguments ``avals`` (ShapeDtypeStructs) and of
     its constants' values (with the jaxpr's text when ``with_text``); :class:`Uncacheable` when
     ``fn`` cannot be traced there."""
-    try:
-        closed = jax.make_jaxpr(fn)(*avals)
+    try:  # a fresh wrapper: JAX caches traces by function identity, and fn may read globals
+        closed = jax.make_jaxpr(lambda *args: fn(*args))(*avals)
     except Exception as err:  # the program will raise the same error when it is built
         raise Uncacheable(f"tracing failed: {type(err).__name__}") from err
     text = str(closed.jaxpr)
@@ -71,8 +71,18 @@ def jaxpr_digest(fn: Callable[..., Any], *avals: Any, with_text: bool = False) -
     return (h.hexdigest(), text) if with_text else h.hexdigest()
 
 
-# loss function -> {(row count, shapes): digest}; weak, so a dropped posterior frees its entry
+# loss function -> {(row count, shapes): digest}, within one localize() or sample() call (see
+# forget_loss_digests); weak, so a dropped posterior frees its entry
 _LOSS_DIGESTS: weakref.WeakKeyDictionary[Any, dict[Any, str]] = weakref.WeakKeyDictionary()
+
+
+def forget_loss_digests() -> None:
+    """Drop the memoized loss digests. Called at the start of every ``localize``/``sample`` call:
+    a loss that reads a global the user changed between two calls traces to a new jaxpr, and a
+    digest remembered from the earlier call would name the old program."""
+    _LOSS_DIGESTS.clear()
+
+
 CUSTOM_RULES = ("custom_jvp_call", "custom_vjp_call", "custom_lin", "custom_transpose")
 
 
@@ -80,7 +90,7 @@ def loss_digest(
     loss_fn: Callable[..., Any], center: Any, data: Mapping[str, Any], rows: Iterable[int]
 ) -> str:
     """Digest of ``loss_fn`` at batches of each row count in ``rows`` (see the module docstring),
-    memoized per loss function object and row count.
+    memoized per loss function object and row count until :func:`forget_loss_digests`.
 
     The forward jaxpr determines the derivatives too, since JAX differentiates a jaxpr of
     standard primitives by fixed rules; only user rules (``jax.custom_jvp``/``custom_vjp``, whose
