@@ -4,9 +4,12 @@ the same 24 tasks called one after another in this process.
 
 Reported: the Ray sweep's wall time (Ray start-up reported apart), the sum of the runs' sampling
 time (``attrs["sampling_time_s"]``: the compiled loop only) and the sequential wall time (every
-task's localize + compile or cache hit + sampling + estimates). The goal of issue 16 is
+task's localize + compile or cache hit + sampling + estimates), with the mean seconds per task of
+each part for the first task and for the later ones (``breakdown``). The goal of issue 16 is
 Ray wall ≤ 1.3 × Σ sampling time. Both sides reuse compilations the same way: the in-process
-program cache (``slt_ppl.compile_cache``) and JAX's persistent cache (a fresh folder each).
+program caches (``slt_ppl.compile_cache``: by structural key, then by lowered text) and JAX's
+persistent cache (a fresh folder each). ``SLT_PPL_PROGRAM_CACHE=0`` turns the structural cache
+off (the session-4 behaviour: every run traces and lowers its programs).
 
     python benchmarks/sweep_overhead.py [--draws 2000] [--cpus 2]
 """
@@ -64,22 +67,41 @@ def make_spec(folder: Path, draws: int) -> dict:
     }
 
 
+PARTS = ("localize_time_s", "compile_time_s", "sampling_time_s", "estimate_time_s")
+
+
 def sequential(spec_dict: dict) -> dict:
     spec = load_spec(spec_dict)
     with np.load(spec.data) as npz:
         data = {k: npz[k] for k in npz.files}
-    walls, sampling, compiling = [], [], []
+    values = []
     t0 = time.perf_counter()
     for task in expand(spec):
         record = run_task(payload(spec, task, "seq", spec.resources), data,
                           task.checkpoint.read_bytes())  # fmt: skip
         assert record["status"] == "ok", record["error"]
-        walls.append(record["values"]["wall_time_s"])
-        sampling.append(record["values"]["sampling_time_s"])
-        compiling.append(record["values"]["compile_time_s"])
-    return {"wall_s": time.perf_counter() - t0, "sampling_s": float(np.sum(sampling)),
-        "compile_and_trace_s": float(np.sum(compiling)),
-            "first_task_s": walls[0], "median_task_s": float(np.median(walls))}  # fmt: skip
+        values.append(record["values"])
+    walls = [v["wall_time_s"] for v in values]
+    return {"wall_s": time.perf_counter() - t0,
+            "sampling_s": float(sum(v["sampling_time_s"] for v in values)),
+            "compile_and_trace_s": float(sum(v["compile_time_s"] for v in values)),
+            "first_task_s": walls[0], "median_task_s": float(np.median(walls)),
+            "breakdown_first_task": breakdown(values[:1]),
+            "breakdown_later_tasks": breakdown(values[1:])}  # fmt: skip
+
+
+def breakdown(values: list[dict]) -> dict:
+    """Mean seconds per task of each part of a task (``sweep.task.estimate``): localize, compile
+    (trace + lower + XLA, or cache hits), sampling (the compiled loop), estimators, and the rest
+    of the sample() call (preflight, tuning, result assembly) and of the task (checkpoint
+    reading, record building)."""
+    mean = {p: float(np.mean([v[p] for v in values])) for p in PARTS}
+    call = float(np.mean([v["sample_call_time_s"] for v in values]))
+    wall = float(np.mean([v["wall_time_s"] for v in values]))
+    mean["rest_of_sample_s"] = call - mean["compile_time_s"] - mean["sampling_time_s"]
+    mean["rest_of_task_s"] = wall - call - mean["localize_time_s"] - mean["estimate_time_s"]
+    mean["wall_time_s"] = wall
+    return mean
 
 
 def on_ray(spec_dict: dict, out: Path, cpus: int) -> dict:
@@ -93,9 +115,25 @@ def on_ray(spec_dict: dict, out: Path, cpus: int) -> dict:
     wall = time.perf_counter() - t1
     ray.shutdown()
     assert (ds["status"] == "ok").all()
+    records = _records(out)
     return {"init_s": init_s, "wall_s": wall, "sampling_s": float(ds["sampling_time_s"].sum()),
-        "compile_and_trace_s": float(ds["compile_time_s"].sum()),
-            "workers": len({r["pid"] for r in _records(out)})}  # fmt: skip
+            "compile_and_trace_s": float(ds["compile_time_s"].sum()),
+            "task_wall_s": float(ds["wall_time_s"].sum()),
+            "workers": len({r["pid"] for r in records}), **warm_tasks(records)}  # fmt: skip
+
+
+def warm_tasks(records: list[dict]) -> dict:
+    """Each worker's first task (imports, first compilations) and the rest: Σ task wall time over
+    Σ sampling time of the later ("warm") tasks, the steady state of a long sweep."""
+    by_pid: dict[int, list[dict]] = {}
+    for r in records:
+        by_pid.setdefault(r["pid"], []).append(r["values"])
+    first = [max(v, key=lambda x: x["compile_time_s"]) for v in by_pid.values()]  # it compiles
+    warm = [x for v in by_pid.values() for x in v if not any(x is f for f in first)]
+    return {"first_tasks_wall_s": [f["wall_time_s"] for f in first],
+            "warm_tasks_wall_s": float(sum(x["wall_time_s"] for x in warm)),
+            "warm_tasks_sampling_s": float(sum(x["sampling_time_s"] for x in warm)),
+            "warm_tasks_compile_s": float(sum(x["compile_time_s"] for x in warm))}  # fmt: skip
 
 
 def _records(out: Path) -> list[dict]:
@@ -113,7 +151,14 @@ def main() -> int:
     seq = sequential(spec)
     result = {
         "tasks": 24, "draws": args.draws, "cpus": args.cpus, "ray": ray_run, "sequential": seq,
+        "program_cache": "off" if os.environ.get("SLT_PPL_PROGRAM_CACHE") == "0" else "on",
         "ray_wall_over_sum_sampling": ray_run["wall_s"] / seq["sampling_s"],
+        "ray_wall_over_ray_sum_sampling": ray_run["wall_s"] / ray_run["sampling_s"],
+        "sequential_wall_over_sum_sampling": seq["wall_s"] / seq["sampling_s"],
+        "warm_ray_tasks_wall_over_sampling": ray_run["warm_tasks_wall_s"]
+        / ray_run["warm_tasks_sampling_s"],
+        "warm_sequential_tasks_wall_over_sampling": seq["breakdown_later_tasks"]["wall_time_s"]
+        / seq["breakdown_later_tasks"]["sampling_time_s"],
         "ray_wall_with_init_over_sum_sampling": (ray_run["wall_s"] + ray_run["init_s"])
         / seq["sampling_s"],
         "ray_wall_over_sequential_wall": ray_run["wall_s"] / seq["wall_s"],

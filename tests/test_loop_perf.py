@@ -84,7 +84,8 @@ def test_equal_programs_compile_once_and_give_the_same_draws() -> None:
     assert misses > 0
     cached = slt_ppl.sample(post_b, **kwargs)
     assert compile_cache.STATS["misses"] == misses
-    assert compile_cache.STATS["hits"] > 0
+    # served by the structural cache (no lowering at all) or by the lowered-text cache
+    assert compile_cache.STATS["program_hits"] + compile_cache.STATS["hits"] > 0
     compile_cache.clear()
     fresh = slt_ppl.sample(post_b, **kwargs)
     np.testing.assert_array_equal(

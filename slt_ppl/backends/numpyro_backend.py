@@ -38,10 +38,11 @@ from slt_ppl.backends.common import (
     unit_information_gamma,
     validate_data,
 )
-from slt_ppl.compile_cache import cached_call
+from slt_ppl.compile_cache import keyed_call
 from slt_ppl.errors import CenterError, ModelError, SLTError
 from slt_ppl.posterior import LocalPosterior
 from slt_ppl.preflight import check_center_gradient, check_observed_sites
+from slt_ppl.sampling.program_key import forget_loss_digests, loss_key, tagged
 
 
 def _reject_subsampling(model: Callable[..., Any]) -> Callable[..., Any]:
@@ -306,9 +307,11 @@ def finish_posterior(
     L_n(w*) is not finite (the backend names the observed sites at fault)."""
     from slt_ppl.errors import SettingError
 
+    forget_loss_digests()  # the loss is traced afresh once per call (sampling.program_key)
     nbeta_value = resolve_nbeta(nbeta, n)
     try:  # one program for L_n(w*) and ∇L_n(w*) (the gradient is checked below)
-        value, center_grad = cached_call(jax.value_and_grad(loss_fn), center, data)
+        key = tagged("value_and_grad", loss_key(loss_fn, center, data, {n}))
+        value, center_grad = keyed_call(key, jax.value_and_grad(loss_fn), center, data)
         center_loss = float(value)
     except SLTError:
         raise

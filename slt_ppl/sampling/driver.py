@@ -46,6 +46,7 @@ from slt_ppl.sampling.defaults import (
 from slt_ppl.sampling.loop import DrawRecord
 from slt_ppl.sampling.observe import NEVER, prepare, record_key
 from slt_ppl.sampling.options import RunSettings, check_settings, checkpoint_settings
+from slt_ppl.sampling.program_key import forget_loss_digests
 from slt_ppl.sampling.recovery import run_with_recovery
 from slt_ppl.sampling.result import build_result
 from slt_ppl.sampling.stepsize import adapt_burnin, tune_step_size, warn_minibatch_heating
@@ -108,6 +109,7 @@ class Setup(NamedTuple):
 
 def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
     """Check ``s``, sample ``posterior`` with ``backend`` and return the result tree."""
+    forget_loss_digests()  # the loss is traced afresh once per call (sampling.program_key)
     backend.check_posterior(posterior)
     size = s.batch_size if isinstance(s.batch_size, int | np.integer) else None  # checked below
     kernel, kernel_choice = choose_kernel(posterior, s.kernel, size)

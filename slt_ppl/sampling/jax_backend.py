@@ -22,6 +22,7 @@ from slt_ppl.posterior import LocalPosterior
 from slt_ppl.sampling import sharding
 from slt_ppl.sampling.loop import SegmentRunner
 from slt_ppl.sampling.options import RunSettings
+from slt_ppl.sampling.program_key import Uncacheable, describe
 
 
 class JaxBackend:
@@ -36,6 +37,7 @@ class JaxBackend:
     def __init__(self) -> None:
         self.devices: list[Any] | None = None
         self.mesh: Any = None
+        self.kernel_keys: dict[int, Any] = {}  # id(kernel) -> its structural key (program cache)
 
     def check_posterior(self, posterior: Any) -> None:
         if not isinstance(posterior, LocalPosterior):
@@ -50,7 +52,13 @@ class JaxBackend:
         return sample_numpyro(posterior, s)
 
     def get_kernel(self, kernel: Any, options: dict[str, Any]) -> Any:
-        return get_kernel(kernel, **options)
+        built = get_kernel(kernel, **options)
+        if isinstance(kernel, str):  # a registry kernel is determined by its name and options
+            try:
+                self.kernel_keys[id(built)] = ("named", kernel, describe(options))
+            except Uncacheable:  # e.g. a callable option: key the program on the object
+                pass
+        return built
 
     def runner(
         self, posterior: LocalPosterior, kernel: Any, batch: int, s: RunSettings, num_chains: int,
@@ -63,7 +71,7 @@ class JaxBackend:
             s.keep_draws or s.stream_to is not None, s.plan.shared_batches,
             float(s.divergence.explode), mesh=self.mesh,
             nbeta_factors=None if nbeta_factors is None else jnp.asarray(nbeta_factors),
-            probes=probes,
+            probes=probes, kernel_key=self.kernel_keys.get(id(kernel)),
         )  # fmt: skip
 
     def keys(

@@ -43,10 +43,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slt_ppl.compile_cache import cached_call, compile_lowered
+from slt_ppl import compile_cache
+from slt_ppl.compile_cache import CompiledProgram, dtype_of, keyed_call
 from slt_ppl.kernels.base import Kernel
 from slt_ppl.posterior import LocalPosterior
 from slt_ppl.sampling.observe import NEVER, Probes, row_loss_fn
+from slt_ppl.sampling.program_key import (
+    Uncacheable,
+    config_key,
+    jaxpr_digest,
+    loss_digest,
+    loss_key,
+    tagged,
+)  # fmt: skip
 
 Array = jax.Array
 
@@ -141,9 +150,10 @@ def heating_statistics(
 
 
 def _center_table_fn(
-    loss_fn: Callable[[Array, Any], Array], chunk: int
+    loss_fn: Callable[[Array, Any], Array], chunk: int, key: Any
 ) -> Callable[[Array, dict[str, Array]], Array]:
-    """``(center, data) -> ℓ``, ℓ_i = loss_fn(center, row i), ``chunk`` one-row batches at once."""
+    """``(center, data) -> ℓ``, ℓ_i = loss_fn(center, row i), ``chunk`` one-row batches at once
+    (``key``: the loss's structural key at one row, None when it has none)."""
 
     def table(center: Array, data: dict[str, Array]) -> Array:
         def one(row: dict[str, Array]) -> Array:
@@ -151,7 +161,9 @@ def _center_table_fn(
 
         return jax.lax.map(one, data, batch_size=chunk)
 
-    return functools.partial(cached_call, table)
+    return functools.partial(
+        keyed_call, None if key is None else ("center-table", chunk, key), table
+    )
 
 
 @dataclass(frozen=True)
@@ -176,6 +188,8 @@ class SegmentRunner:
     chunk: int = 100
     nbeta_factors: Any = None  # (C,) per-chain factors of nβ (temperatures), None = all 1
     probes: Probes | None = None  # probe sets observed every k-th sample draw (sampling.observe)
+    # what determines the kernel's code (registry name and options); None: the kernel object itself
+    kernel_key: Any = None
     stats: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
     programs: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -253,8 +267,11 @@ class SegmentRunner:
         if self.center_table == "off" or self.kernel.full_batch or self.batch_size >= post.n:
             return None
         try:
-            table = _center_table_fn(post.loss_fn, min(1024, post.n))(post.center, post.data)
-            forward = functools.partial(cached_call, post.loss_fn)
+            chunk = min(1024, post.n)
+            table_key = loss_key(post.loss_fn, post.center, post.data, {1})
+            table = _center_table_fn(post.loss_fn, chunk, table_key)(post.center, post.data)
+            forward_key = loss_key(post.loss_fn, post.center, post.data, {self.batch_size})
+            forward = functools.partial(keyed_call, tagged("loss", forward_key), post.loss_fn)
             key = jax.random.PRNGKey(20240611)
             for j in range(2):
                 idx = jax.random.randint(jax.random.fold_in(key, j), (self.batch_size,), 0, post.n)
@@ -279,22 +296,86 @@ class SegmentRunner:
         """
         _ = self._table
 
-        def one(data: dict[str, Array], key: Array, position: Array, factor: Any) -> ChainState:
-            post = _tempered(self.posterior, factor)
-            full = self.potential_fn(data, post)
-            ks = self.kernel.init(jax.random.fold_in(key, 2**30), position, full)
-            return ChainState(ks, jnp.asarray(-1, jnp.int32))
+        def init_fn(targets, keys, positions, factors):
+            def one(key: Array, position: Array, factor: Any) -> ChainState:
+                post = _tempered(self.traced_posterior(targets), factor)
+                full = self.potential_fn(post.data, post)
+                ks = self.kernel.init(jax.random.fold_in(key, 2**30), position, full)
+                return ChainState(ks, jnp.asarray(-1, jnp.int32))
 
-        factors = self.nbeta_factors
-        in_axes = (None, 0, 0, None if factors is None else 0)
-        state = jax.jit(jax.vmap(one, in_axes=in_axes))(
-            self.posterior.data, keys, positions, factors
-        )
+            in_axes = (0, 0, None if factors is None else 0)
+            return jax.vmap(one, in_axes=in_axes)(keys, positions, factors)
+
+        program = self._shared_program(("init",), lambda: jax.jit(init_fn))
+        state = program(self.posterior_args(), keys, positions, self.nbeta_factors)
         if self.mesh is not None:
             from slt_ppl.sampling.sharding import shard_chains
 
             state = shard_chains(state, self.mesh)
         return state
+
+    # -- what the compiled programs take as arguments, and what they are keyed on -------------------
+
+    def posterior_args(self) -> tuple[Any, ...]:
+        """The posterior's traced inputs: (data, w*, (nβ, γ, L_n(w*))). nβ, γ and L_n(w*) are
+        weakly typed scalars, so they promote exactly as the Python floats they replace."""
+        post = self.posterior
+        scalars = (post.nbeta, post.gamma, post.info.get("loss_center_full", math.nan))
+        return post.data, post.center, tuple(jnp.asarray(float(x)) for x in scalars)
+
+    def traced_posterior(self, targets: tuple[Any, ...]) -> LocalPosterior:
+        """The runner's posterior with the traced inputs of :meth:`posterior_args`."""
+        data, center, (nbeta, gamma, loss_center) = targets
+        info = {**self.posterior.info, "loss_center_full": loss_center}
+        return dataclasses.replace(
+            self.posterior, data=data, center=center, nbeta=nbeta, gamma=gamma, info=info
+        )
+
+    @cached_property
+    def program_key(self) -> tuple[Any, ...] | None:
+        """The structural key of this runner's programs (``sampling.program_key``), or None when
+        it cannot be described (its programs are then this runner's own)."""
+        if not compile_cache.programs_enabled():
+            return None
+        try:
+            return self._structural_key()
+        except Uncacheable:
+            return None
+
+    def _structural_key(self) -> tuple[Any, ...]:
+        post = self.posterior
+        minibatch = not (self.kernel.full_batch or self.batch_size >= post.n)
+        # row counts the programs evaluate the loss at: the full data (init, full-batch kernels,
+        # full-batch heating statistics), the minibatch and its two halves (heating statistics)
+        rows = {post.n} | ({self.batch_size, self.batch_size // 2} if minibatch else set())
+        loss = loss_digest(post.loss_fn, post.center, post.data, rows - {0})
+        kernel = self.kernel_key if self.kernel_key is not None else ("object", id(self.kernel))
+        probes = None
+        if self.probes is not None:
+            per_row, w = row_loss_fn(post), _abstract(post.center)
+            probes = (self.probes.every, tuple(sorted(self.probes.shapes.items())), tuple(
+                (name, jaxpr_digest(per_row, w, _abstract(probe)))
+                for name, probe in sorted(self.probes.sets.items())
+            ))  # fmt: skip
+        mesh = None
+        if self.mesh is not None:
+            mesh = (tuple(d.id for d in self.mesh.devices.flat), tuple(self.mesh.axis_names))
+        return (
+            "segment-runner", type(post), post.backend, post.n, loss, kernel, self.batch_size,
+            self.thin, self.keep_draws, self.shared_batches, float(self.explode),
+            self.center_table, self.nbeta_factors is None, probes, mesh, config_key(),
+        )  # fmt: skip
+
+    def _shared_program(self, tag: tuple[Any, ...], make: Callable[[], Any]) -> Callable[..., Any]:
+        """The program ``tag`` of this runner (``make()``: its jitted function), from the
+        process-wide cache when a runner with the same structural key built it; calls add their
+        compile time to ``stats["compile_time_s"]``."""
+        key = self.program_key
+        if key is None:
+            program = CompiledProgram(make())
+        else:
+            program = compile_cache.shared_program((key, tag), lambda: CompiledProgram(make()))
+        return functools.partial(program, stats=self.stats)
 
     def _step(
         self,
@@ -450,38 +531,41 @@ class SegmentRunner:
         """
         return CompiledSegment(self, num_draws)
 
-    def program(self, length: int) -> CompiledProgram:
-        """The compiled piece of ``length`` draws (built once per runner and length)."""
+    def program(self, length: int) -> Callable[..., tuple[ChainState, DrawRecord]]:
+        """The compiled piece of ``length`` draws (looked up once per runner and length; shared
+        with every runner of the same structural key, see :attr:`program_key`)."""
         if length not in self.programs:
-            fn = self.segment_fn(length)
-            if self.mesh is None:
-                jitted = jax.jit(fn)
-            else:
-                from slt_ppl.sampling.sharding import segment_shardings
-
-                in_shardings, out_shardings = segment_shardings(self.mesh, self.shared_batches)
-                jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings)
-            self.programs[length] = CompiledProgram(jitted, self.stats)
+            self.programs[length] = self._shared_program(
+                ("segment", length), lambda: self._jit_segment(length)
+            )
         return self.programs[length]
 
+    def _jit_segment(self, length: int) -> Any:
+        fn = self.segment_fn(length)
+        if self.mesh is None:
+            return jax.jit(fn)
+        from slt_ppl.sampling.sharding import segment_shardings
+
+        in_shardings, out_shardings = segment_shardings(self.mesh, self.shared_batches)
+        return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings)
+
     def segment_args(self, observe_from: int = NEVER) -> tuple[Any, ...]:
-        """The traced inputs of a segment besides the chain states: (data, w*, center table,
-        per-chain nβ factors, probe sets, first observed draw)."""
+        """The traced inputs of a segment besides the chain states: (posterior inputs (data, w*,
+        (nβ, γ, L_n(w*))), center table, per-chain nβ factors, probe sets, first observed draw)."""
         factors = self.nbeta_factors
         probe_data = {} if self.probes is None else self.probes.sets
         return (
-            self.posterior.data, self.posterior.center, self._table, factors, probe_data,
+            self.posterior_args(), self._table, factors, probe_data,
             jnp.asarray(observe_from, jnp.int32),
         )  # fmt: skip
 
     def segment_fn(self, num_draws: int) -> Callable[..., tuple[ChainState, DrawRecord]]:
         """Un-jitted ``run(args, states, chain_keys, batch_keys, step_size, start, diag_every)``."""
-        base = self.posterior
         batch_axis = None if self.shared_batches else 0
 
         def run(args, states, chain_keys, batch_keys, step_size, start, diag_every):
-            data, center, table, factors, probe_data, observe_from = args
-            post = dataclasses.replace(base, data=data, center=center)
+            targets, table, factors, probe_data, observe_from = args
+            post = self.traced_posterior(targets)
             ctx = _Context(post, table, diag_every, probe_data, observe_from)
 
             def one_chain(state, chain_key, batch_key, factor):
@@ -501,22 +585,9 @@ class SegmentRunner:
         return run
 
 
-class CompiledProgram:
-    """One segment piece compiled ahead of time on its first call, its compile time recorded in
-    ``stats["compile_time_s"]`` so that timings of the sampling itself exclude compilation."""
-
-    def __init__(self, jitted: Any, stats: dict[str, float]) -> None:
-        self.jitted = jitted
-        self.stats = stats
-        self.compiled: Any = None
-
-    def __call__(self, *call: Any) -> tuple[ChainState, DrawRecord]:
-        if self.compiled is None:
-            t0 = time.perf_counter()
-            self.compiled, _ = compile_lowered(self.jitted.lower(*call))
-            dt = time.perf_counter() - t0
-            self.stats["compile_time_s"] = self.stats.get("compile_time_s", 0.0) + dt
-        return self.compiled(*call)
+def _abstract(tree: Any) -> Any:
+    """ShapeDtypeStructs of the arrays of ``tree`` (tracing inputs for ``program_key``)."""
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), dtype_of(x)), tree)
 
 
 class CompiledSegment:

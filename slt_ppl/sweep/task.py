@@ -63,8 +63,11 @@ def estimate(payload: dict[str, Any], data: dict | None, content: bytes) -> tupl
     point = payload["point"]
     loc = {**payload["localize"], **{k: v for k, v in point.items() if GRID_KEYS[k] == "localize"}}
     smp = {**payload["sampler"], **{k: v for k, v in point.items() if GRID_KEYS[k] == "sample"}}
+    t0 = time.perf_counter()
     posterior = build_posterior(payload, data, content, loc)
+    t1 = time.perf_counter()
     result = slt_ppl.sample(posterior, **smp, progress=False, devices=False)
+    t2 = time.perf_counter()
     est = slt_ppl.llc(result, warn=False)
     values = {k: float(est[k]) for k in LLC_VARIABLES if k in est}
     values["healthy"] = int(est.attrs["healthy"])
@@ -74,10 +77,14 @@ def estimate(payload: dict[str, Any], data: dict | None, content: bytes) -> tupl
         w = slt_ppl.wbic(result, warn=False)
         values.update({k: float(w[k]) for k in WBIC_VARIABLES if k in w})
     attrs = result.attrs
+    # where a task's time goes (benchmarks/sweep_overhead.py): reading and localizing, the
+    # sample() call (compile_time_s and sampling_time_s are parts of it), the estimators
     values.update({
         "step_size_used": float(attrs["step_size"]), "gamma_used": float(posterior.gamma),
         "nbeta_used": float(posterior.nbeta), "sampling_time_s": float(attrs["sampling_time_s"]),
         "compile_time_s": float(attrs.get("compile_time_s", 0.0)),
+        "localize_time_s": t1 - t0, "sample_call_time_s": t2 - t1,
+        "estimate_time_s": time.perf_counter() - t2,
     })  # fmt: skip
     return values, {"verdict": str(est.attrs["verdict"]), "kernel_used": str(attrs["kernel"])}
 
