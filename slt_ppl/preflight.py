@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slt_ppl.compile_cache import cached_call
+from slt_ppl.compile_cache import cached_call, keyed_call
 from slt_ppl.errors import (
     DataError,
     DataWarning,
@@ -45,6 +45,7 @@ from slt_ppl.errors import (
     SuspiciousCenterWarning,
 )
 from slt_ppl.posterior import LocalPosterior
+from slt_ppl.sampling.program_key import loss_key, tagged
 
 #: Backends whose loss function JAX can differentiate directly.
 JAX_BACKENDS = ("numpyro", "jax")
@@ -68,9 +69,12 @@ def center_gradient(
         trace_cov = jnp.sum(jnp.var(per, axis=0))
         return jnp.linalg.norm(g), trace_cov
 
+    # keyed on the loss's structure (full data and one-row batches): equal models skip the trace
+    rows = {posterior.n, 1}
+    key = tagged("center-gradient", loss_key(posterior.loss_fn, posterior.center, sub, rows))
     try:
         grad_norm, trace_cov = (
-            float(x) for x in cached_call(stats, posterior.center, posterior.data, sub)
+            float(x) for x in keyed_call(key, stats, posterior.center, posterior.data, sub)
         )
     except (TypeError, ValueError):
         # a model that cannot run on one-row batches (it reads the data's shape, e.g.

@@ -30,6 +30,7 @@ For MALA (full batch, Metropolis-corrected) the same search targets its real acc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any
@@ -38,10 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slt_ppl.compile_cache import cached_call, compile_lowered
+from slt_ppl.compile_cache import keyed_program
 from slt_ppl.estimators.bias import noise_factor
 from slt_ppl.posterior import LocalPosterior
 from slt_ppl.sampling.loop import ChainState, SegmentRunner
+from slt_ppl.sampling.program_key import loss_key, tagged
 
 SG_BAND = (0.90, 0.95)
 # first-order relative heating the along-chain adaptation aims at (:func:`adapt_along_chains`)
@@ -61,12 +63,14 @@ def top_curvature(
     root = jnp.ones_like(w0) if metric is None else jnp.sqrt(metric)
 
     def power(
-        v: jax.Array, w: jax.Array, rows: dict[str, jax.Array], root: jax.Array
+        v: jax.Array, w: jax.Array, rows: dict[str, jax.Array], root: jax.Array, temps: Any
     ) -> tuple[jax.Array, jax.Array]:
-        # w*, the data and the metric are arguments (not constants) so that equal programs of
-        # different posteriors share one compiled executable (``compile_cache``)
+        # w*, nβ, γ, the data and the metric are arguments (not constants) so that equal programs
+        # of different posteriors share one program (``compile_cache.keyed_call``)
+        post = dataclasses.replace(posterior, center=w, nbeta=temps[0], gamma=temps[1])
+
         def grad_fn(x: jax.Array) -> jax.Array:
-            return jax.grad(lambda u: posterior.potential(u, rows)[0])(x)
+            return jax.grad(lambda u: post.potential(u, rows)[0])(x)
 
         hv = root * jax.jvp(grad_fn, (w,), (root * v,))[1]
         norm = jnp.linalg.norm(hv)
@@ -74,11 +78,13 @@ def top_curvature(
 
     v = jax.random.normal(jax.random.PRNGKey(0), w0.shape, w0.dtype)
     v = v / jnp.linalg.norm(v)
-    args = (v, w0, batch, root)
-    step, _ = compile_lowered(jax.jit(power).lower(*args))
+    temps = (jnp.asarray(float(posterior.nbeta)), jnp.asarray(float(posterior.gamma)))
+    rows = {len(next(iter(batch.values())))}
+    key = tagged("top-curvature", loss_key(posterior.loss_fn, w0, batch, rows))
+    step = keyed_program(key, power)
     rayleigh = jnp.asarray(0.0)
     for _ in range(iters):
-        v, rayleigh = step(v, w0, batch, root)
+        v, rayleigh = step(v, w0, batch, root, temps)
     value = float(jnp.abs(rayleigh))
     return value if math.isfinite(value) and value > 0 else 1.0
 
@@ -111,7 +117,8 @@ def gradient_moments(
         return jax.lax.scan(body, init, rows)[0]
 
     rows = {k: v.reshape(m // chunk, chunk, *v.shape[1:]) for k, v in data.items()}
-    total, total_sq = cached_call(moments, w0, rows)
+    key = tagged("gradient-moments", loss_key(posterior.loss_fn, w0, data, {1}))
+    total, total_sq = keyed_program(key, moments)(w0, rows)
     mean = total / m
     var = jnp.maximum(total_sq / m - mean**2, 0.0)
     noise = (
