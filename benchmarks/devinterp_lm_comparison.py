@@ -110,6 +110,28 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one call of ``fn``."""
+    start, cpu0 = time.perf_counter(), cpu_seconds()
+    fn()
+    return time.perf_counter() - start, cpu_seconds() - cpu0
+
+
+def marginal(args: argparse.Namespace, short: tuple[float, float], wall: float, cpu: float) -> dict:
+    """Chain-steps per second of the steps a long run has beyond a short run (``--short`` burn-in
+    + ``--short`` draws, run first in the same process): the per-step rate without the fixed cost
+    of a call (devinterp's init-loss pass and zarr setup, our center table and result assembly)."""
+    extra = args.chains * (args.draws + args.burnin - 2 * args.short)
+    if extra <= 0:
+        return {}
+    return {
+        "marginal_chain_steps_per_s": extra / max(wall - short[0], 1e-9),
+        "marginal_chain_steps_per_cpu_s": extra / max(cpu - short[1], 1e-9),
+        "short_call_wall_s": short[0],
+        "short_call_cpu_s": short[1],
+    }
+
+
 def per_sequence_correlation(loss: np.ndarray) -> np.ndarray:
     """Pearson correlation across all (chain, draw) of the per-sequence mean token losses;
     ``loss`` has dims (chain, draw, sequence, token)."""
@@ -169,10 +191,12 @@ def devinterp_side(args: argparse.Namespace) -> None:
     parts = args.parts.split(",")
     tmp = Path(tempfile.mkdtemp())
     if "llc" in parts:
+        short = {**common, "num_draws": args.short, "num_burnin_steps": args.short}
+        short_cost = timed(lambda: sample(hf, train_ds, {}, output_path=tmp / "s.zarr", **short))
         start, cpu0 = time.perf_counter(), cpu_seconds()
         samples = sample(hf, train_ds, {}, output_path=tmp / "llc.zarr", **common)
-        est = compute_llc(samples)
         wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+        est = compute_llc(samples)
         trace = est["loss_trace"].values  # (chain, step), burn-in included
         init = float(est["init_loss"])
         record["llc"] = {
@@ -180,6 +204,7 @@ def devinterp_side(args: argparse.Namespace) -> None:
             "chain_steps_per_s": args.chains * (args.draws + args.burnin) / wall,
             "cpu_s": cpu,
             "chain_steps_per_cpu_s": args.chains * (args.draws + args.burnin) / cpu,
+            **marginal(args, short_cost, wall, cpu),
             "llc_mean": float(est["llc_mean"]),
             "llc_std_across_chains": float(est["llc_std"]),
             "llc_per_chain": est["llc_per_chain"].values.tolist(),
@@ -305,6 +330,8 @@ def ours_side(args: argparse.Namespace) -> None:
     record["posterior_nbeta_attr"] = post.nbeta
     parts = args.parts.split(",")
     if "llc" in parts:
+        short = {**run, "num_draws": args.short, "num_burnin": args.short}
+        short_cost = timed(lambda: slt_ppl.sample(post, **short))
         start, cpu0 = time.perf_counter(), cpu_seconds()
         result = slt_ppl.sample(post, **run)
         wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
@@ -316,6 +343,7 @@ def ours_side(args: argparse.Namespace) -> None:
             "chain_steps_per_s": args.chains * (args.draws + args.burnin) / wall,
             "cpu_s": cpu,
             "chain_steps_per_cpu_s": args.chains * (args.draws + args.burnin) / cpu,
+            **marginal(args, short_cost, wall, cpu),
             "llc": float(est["llc"]),
             "llc_se": float(est["llc_se"]),
             "verdict": str(est.attrs.get("verdict")),
@@ -448,6 +476,9 @@ def main() -> None:
         default=20,
         help="our side: diagnostics (MALA acceptance, heating) every k draws",
     )
+    parser.add_argument("--short", type=int, default=10,
+                        help="llc part: a first call with this many burn-in steps and draws "
+                        "(warm-up, and the fixed cost of a call: see marginal())")  # fmt: skip
     parser.add_argument("--record", default=None, help="write the JSON record to this path")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -33,6 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "devinterp_lm_comparison.py"
 OUT = ROOT / "benchmarks" / "results" / "devinterp_lm"
 DEVINTERP_PYTHON = os.environ.get("DEVINTERP_PYTHON", "/work/venvs/devinterp2/bin/python")
+UNITS = (  # (label, record key prefix, record key suffix): whole call and marginal per step
+    ("wall", "", "s"), ("cpu", "", "cpu_s"), ("wall_marginal", "marginal_", "s"),
+    ("cpu_marginal", "marginal_", "cpu_s"),
+)  # fmt: skip
 VARIANTS = {  # name: (python, extra arguments of devinterp_lm_comparison.py)
     "devinterp_hf": (DEVINTERP_PYTHON, ["devinterp", "--devinterp-model", "hf"]),
     "devinterp_tiny": (DEVINTERP_PYTHON, ["devinterp", "--devinterp-model", "tiny"]),
@@ -66,23 +70,19 @@ def summarize(runs: list[dict]) -> list[dict]:
             sel = [r for r in runs if r["chains"] == chains and r["variant"] == variant]
             if sel:
                 med[variant] = {
-                    unit: statistics.median(r[f"chain_steps_per_{unit}"] for r in sel)
-                    for unit in ("s", "cpu_s")
+                    unit: statistics.median(r[f"{kind}chain_steps_per_{u}"] for r in sel)
+                    for unit, kind, u in UNITS
                 }
         for ours in ("ours", "ours_diag_off"):
             for base in ("devinterp_hf", "devinterp_tiny"):
                 if ours in med and base in med:
-                    rows.append({
-                        "chains": chains, "ours": ours, "devinterp": base,
-                        "ratio_per_wall_s": med[ours]["s"] / med[base]["s"],
-                        "ratio_per_cpu_s": med[ours]["cpu_s"] / med[base]["cpu_s"],
-                    })  # fmt: skip
+                    ratios = {unit: med[ours][unit] / med[base][unit] for unit, _, _ in UNITS}
+                    rows.append({"chains": chains, "ours": ours, "devinterp": base, **ratios})
         for variant, m in med.items():
-            print(f"C={chains:2d} {variant:15s} chain-steps/s {m['s']:7.1f} wall, "
-                  f"{m['cpu_s']:7.1f} per CPU-s")  # fmt: skip
+            print(f"C={chains:2d} {variant:15s} " + ", ".join(f"{m[u]:6.1f} {u}" for u in m))
     for row in rows:
-        print(f"C={row['chains']:2d} {row['ours']:14s}/{row['devinterp']:15s} "
-              f"{row['ratio_per_wall_s']:.2f}x wall, {row['ratio_per_cpu_s']:.2f}x CPU")  # fmt: skip
+        print(f"C={row['chains']:2d} {row['ours']:14s}/{row['devinterp']:15s} ratio "
+              + ", ".join(f"{row[u]:.2f}x {u}" for u, _, _ in UNITS))  # fmt: skip
     return rows
 
 
