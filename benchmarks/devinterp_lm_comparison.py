@@ -311,7 +311,7 @@ def devinterp_susceptibilities(hf, train_ds, observed, masks, full, common, tmp)
 
 def ours_side(args: argparse.Namespace) -> None:
     import slt_ppl
-    import slt_ppl.sampling
+    import slt_ppl.sampling  # imported before the clock starts, as devinterp's modules are
 
     model, tokens, probe = load_setup()
     model = model.to(args.device)  # the posterior, its data and the chains live where the model is
