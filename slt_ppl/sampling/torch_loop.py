@@ -1,5 +1,6 @@
-"""The torch step program: all chains as one (C, d) tensor, gradients by ``torch.func.vmap`` over
-``torch.func.grad`` of the posterior's potential — no Python loop over chains, no model copies.
+"""The torch step program: all chains as one (C, d) tensor, the posterior's potential evaluated for
+all chains by one ``torch.func.vmap``'d forward pass and differentiated by one autograd pass of the
+chain sum (:func:`batched_grad`) — no Python loop over chains, no model copies.
 
 The same program as :mod:`slt_ppl.sampling.loop`, step for step, behind the same runner interface
 (``init(chain_keys, positions)``, ``build(k)(state, chain_keys, batch_keys, ε, start,
