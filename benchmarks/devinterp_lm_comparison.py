@@ -93,11 +93,13 @@ def load_setup() -> tuple[tiny_lm.TinyGPT2, np.ndarray, np.ndarray]:
     return model.eval(), setup["tokens"], setup["probe"]
 
 
-def save(name: str, record: dict) -> None:
+def save(name: str, record: dict, path: str | None = None) -> None:
+    """Write ``record`` (plus load and threads) to ``path`` or to OUT/<name>_<stamp>.json."""
     OUT.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     record |= {"load_avg_1m": os.getloadavg()[0], "threads": torch.get_num_threads()}
-    (OUT / f"{name}_{stamp}.json").write_text(json.dumps(record, indent=1, default=float))
+    target = Path(path) if path else OUT / f"{name}_{stamp}.json"
+    target.write_text(json.dumps(record, indent=1, default=float))
     print(json.dumps(record, indent=1, default=float))
 
 
@@ -106,6 +108,28 @@ def cpu_seconds() -> float:
     run did, much less sensitive to other processes' load than its wall time."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one call of ``fn``."""
+    start, cpu0 = time.perf_counter(), cpu_seconds()
+    fn()
+    return time.perf_counter() - start, cpu_seconds() - cpu0
+
+
+def marginal(args: argparse.Namespace, short: tuple[float, float], wall: float, cpu: float) -> dict:
+    """Chain-steps per second of the steps a long run has beyond a short run (``--short`` burn-in
+    + ``--short`` draws, run first in the same process): the per-step rate without the fixed cost
+    of a call (devinterp's init-loss pass and zarr setup, our center table and result assembly)."""
+    extra = args.chains * (args.draws + args.burnin - 2 * args.short)
+    if extra <= 0:
+        return {}
+    return {
+        "marginal_chain_steps_per_s": extra / max(wall - short[0], 1e-9),
+        "marginal_chain_steps_per_cpu_s": extra / max(cpu - short[1], 1e-9),
+        "short_call_wall_s": short[0],
+        "short_call_cpu_s": short[1],
+    }
 
 
 def per_sequence_correlation(loss: np.ndarray) -> np.ndarray:
@@ -151,22 +175,28 @@ def devinterp_side(args: argparse.Namespace) -> None:
 
     model, tokens, probe = load_setup()
     hf, diff = hf_twin(model)
+    if args.devinterp_model == "tiny":  # the very module our side samples: the samplers differ,
+        hf = model  # not the model code (devinterp calls model(input_ids) on plain modules)
+    hf = hf.to(args.device)
     train_ds = Dataset.from_dict({"input_ids": tokens.tolist()}).with_format("torch")
     probe_ds = Dataset.from_dict({"input_ids": probe.tolist()}).with_format("torch")
     s = SETTINGS[args.setting]
     common = dict(
         lr=s["lr"], n_beta=s["nbeta"], localization=s["gamma"], num_chains=args.chains,
-        num_draws=args.draws, num_burnin_steps=args.burnin, batch_size=BATCH, device="cpu",
+        num_draws=args.draws, num_burnin_steps=args.burnin, batch_size=BATCH, device=args.device,
     )  # fmt: skip
     record: dict = {"side": "devinterp 2.0.1", "setting": args.setting, **s, "logit_diff": diff}
+    record |= {"model": args.devinterp_model, "device": args.device}
     record |= {"chains": args.chains, "draws": args.draws, "burnin": args.burnin}
     parts = args.parts.split(",")
     tmp = Path(tempfile.mkdtemp())
     if "llc" in parts:
+        short = {**common, "num_draws": args.short, "num_burnin_steps": args.short}
+        short_cost = timed(lambda: sample(hf, train_ds, {}, output_path=tmp / "s.zarr", **short))
         start, cpu0 = time.perf_counter(), cpu_seconds()
         samples = sample(hf, train_ds, {}, output_path=tmp / "llc.zarr", **common)
-        est = compute_llc(samples)
         wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+        est = compute_llc(samples)
         trace = est["loss_trace"].values  # (chain, step), burn-in included
         init = float(est["init_loss"])
         record["llc"] = {
@@ -174,6 +204,7 @@ def devinterp_side(args: argparse.Namespace) -> None:
             "chain_steps_per_s": args.chains * (args.draws + args.burnin) / wall,
             "cpu_s": cpu,
             "chain_steps_per_cpu_s": args.chains * (args.draws + args.burnin) / cpu,
+            **marginal(args, short_cost, wall, cpu),
             "llc_mean": float(est["llc_mean"]),
             "llc_std_across_chains": float(est["llc_std"]),
             "llc_per_chain": est["llc_per_chain"].values.tolist(),
@@ -211,7 +242,7 @@ def devinterp_side(args: argparse.Namespace) -> None:
             )
         except Exception as err:  # keep the other parts' numbers
             record["sus"] = {"error": f"{type(err).__name__}: {err}"}
-    save(f"devinterp_{args.setting}", record)
+    save(f"devinterp_{args.setting}", record, args.record)
 
 
 def head_masks(hf, create_param_masks) -> dict:
@@ -280,8 +311,10 @@ def devinterp_susceptibilities(hf, train_ds, observed, masks, full, common, tmp)
 
 def ours_side(args: argparse.Namespace) -> None:
     import slt_ppl
+    import slt_ppl.sampling  # imported before the clock starts, as devinterp's modules are
 
     model, tokens, probe = load_setup()
+    model = model.to(args.device)  # the posterior, its data and the chains live where the model is
     data = tiny_lm.lm_data(tokens)
     s = SETTINGS[args.setting]
     post = tiny_lm.localize_lm(model, data, nbeta=s["nbeta"], gamma=s["gamma"])
@@ -289,12 +322,16 @@ def ours_side(args: argparse.Namespace) -> None:
     run = dict(
         kernel="sgld", step_size=s["lr"], batch_size=BATCH, num_chains=args.chains,
         num_draws=args.draws, num_burnin=args.burnin, thin=1, seed=0, progress=False,
+        diag_every=args.diag_every,
     )  # fmt: skip
     record: dict = {"side": "slt_ppl torch", "setting": args.setting, **s}
+    record |= {"model": "tiny", "device": args.device, "diag_every": args.diag_every}
     record |= {"chains": args.chains, "draws": args.draws, "burnin": args.burnin}
     record["posterior_nbeta_attr"] = post.nbeta
     parts = args.parts.split(",")
     if "llc" in parts:
+        short = {**run, "num_draws": args.short, "num_burnin": args.short}
+        short_cost = timed(lambda: slt_ppl.sample(post, **short))
         start, cpu0 = time.perf_counter(), cpu_seconds()
         result = slt_ppl.sample(post, **run)
         wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
@@ -306,6 +343,7 @@ def ours_side(args: argparse.Namespace) -> None:
             "chain_steps_per_s": args.chains * (args.draws + args.burnin) / wall,
             "cpu_s": cpu,
             "chain_steps_per_cpu_s": args.chains * (args.draws + args.burnin) / cpu,
+            **marginal(args, short_cost, wall, cpu),
             "llc": float(est["llc"]),
             "llc_se": float(est["llc_se"]),
             "verdict": str(est.attrs.get("verdict")),
@@ -317,7 +355,7 @@ def ours_side(args: argparse.Namespace) -> None:
         record["heads"] = ours_heads(slt_ppl, model, data, s, run)
     if {"bif", "sus"} & set(parts):
         record |= ours_observed(slt_ppl, model, data, probe, s, run, parts)
-    save(f"ours_{args.setting}", record)
+    save(f"ours_{args.setting}", record, args.record)
 
 
 def token_scale(post, data) -> float:
@@ -428,6 +466,20 @@ def main() -> None:
     parser.add_argument("--burnin", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=300)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
+    parser.add_argument("--devinterp-model", choices=["tiny", "hf"], default="hf",
+                        help="devinterp samples the HF GPT2LMHeadModel twin (hf) or our very "
+                        "TinyGPT2 module (tiny)")  # fmt: skip
+    parser.add_argument(
+        "--diag-every",
+        type=int,
+        default=20,
+        help="our side: diagnostics (MALA acceptance, heating) every k draws",
+    )
+    parser.add_argument("--short", type=int, default=10,
+                        help="llc part: a first call with this many burn-in steps and draws "
+                        "(warm-up, and the fixed cost of a call: see marginal())")  # fmt: skip
+    parser.add_argument("--record", default=None, help="write the JSON record to this path")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     {"prepare": prepare, "devinterp": devinterp_side, "ours": ours_side, "summary": summarize}[

@@ -5,7 +5,8 @@
 
 ``positions`` is a (C, d) tensor, one row per chain; ``value_and_grad(W) -> (U, L, ∇U)`` evaluates
 the potential U_B, the loss L_B and the gradient of every chain at once (shapes (C,), (C,), (C, d);
-the sampler builds it with ``torch.func.vmap`` over ``torch.func.grad``); ``gen`` is the source of
+the sampler builds it from a ``torch.func.vmap``'d forward pass and one autograd pass,
+``sampling.torch_loop.batched_grad``); ``gen`` is the source of
 randomness: either a ``torch.Generator`` (one stream for all chains, as in the kernel tests) or the
 sampler's :class:`ChainNoise` (one stream per chain, keyed by (chain seed, step), so chain i's
 draws depend neither on the number of chains nor on segmenting). Kernels draw only through
