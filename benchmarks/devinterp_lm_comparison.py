@@ -117,6 +117,19 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - start, cpu_seconds() - cpu0
 
 
+def speed(args: argparse.Namespace, short: tuple[float, float], wall: float, cpu: float) -> dict:
+    """Wall and CPU seconds of the timed call, chain-steps per wall- and CPU-second (burn-in
+    included), and the marginal rates (:func:`marginal`)."""
+    steps = args.chains * (args.draws + args.burnin)
+    return {
+        "wall_s": wall,
+        "chain_steps_per_s": steps / wall,
+        "cpu_s": cpu,
+        "chain_steps_per_cpu_s": steps / cpu,
+        **marginal(args, short, wall, cpu),
+    }
+
+
 def marginal(args: argparse.Namespace, short: tuple[float, float], wall: float, cpu: float) -> dict:
     """Chain-steps per second of the steps a long run has beyond a short run (``--short`` burn-in
     + ``--short`` draws, run first in the same process): the per-step rate without the fixed cost
@@ -200,11 +213,7 @@ def devinterp_side(args: argparse.Namespace) -> None:
         trace = est["loss_trace"].values  # (chain, step), burn-in included
         init = float(est["init_loss"])
         record["llc"] = {
-            "wall_s": wall,
-            "chain_steps_per_s": args.chains * (args.draws + args.burnin) / wall,
-            "cpu_s": cpu,
-            "chain_steps_per_cpu_s": args.chains * (args.draws + args.burnin) / cpu,
-            **marginal(args, short_cost, wall, cpu),
+            **speed(args, short_cost, wall, cpu),
             "llc_mean": float(est["llc_mean"]),
             "llc_std_across_chains": float(est["llc_std"]),
             "llc_per_chain": est["llc_per_chain"].values.tolist(),
@@ -339,11 +348,7 @@ def ours_side(args: argparse.Namespace) -> None:
         warm = result["warmup_sample_stats"]["loss"].values / per_token
         draws = result["sample_stats"]["loss"].values / per_token
         record["llc"] = {
-            "wall_s": wall,
-            "chain_steps_per_s": args.chains * (args.draws + args.burnin) / wall,
-            "cpu_s": cpu,
-            "chain_steps_per_cpu_s": args.chains * (args.draws + args.burnin) / cpu,
-            **marginal(args, short_cost, wall, cpu),
+            **speed(args, short_cost, wall, cpu),
             "llc": float(est["llc"]),
             "llc_se": float(est["llc_se"]),
             "verdict": str(est.attrs.get("verdict")),
