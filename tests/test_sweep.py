@@ -1,13 +1,18 @@
 """The sweep on a local Ray cluster with two worker processes (issue 16): 3 checkpoints (.npz,
 .safetensors, torch .pt) + 1 corrupt × 2 step sizes of a 2-parameter NumPyro regression.
 
-One sweep checks the "done when" items together, to pay Ray's start-up and the workers' JAX
-compilation once: the model file SIGKILLs the first worker that loads it (a marker file makes that
-happen exactly once), so one task loses its worker mid-sweep and must be retried; the corrupt
-checkpoint must give failed tasks with a clear message while the rest completes; the merged values
-must equal the same runs called one by one in this process with the same seeds (bit for bit: the
-same program on the same inputs, JAX's CPU random bits and arithmetic are deterministic); a rerun
-of the command must execute no task; a later sweep of a new checkpoint must extend the Zarr store.
+One sweep checks the "done when" items together, to pay the workers' JAX compilation once: the
+model file SIGKILLs the first worker that loads it (a marker file makes that happen exactly once),
+so one task loses its worker mid-sweep and must be retried; the corrupt checkpoint must give failed
+tasks with a clear message while the rest completes; the merged values must equal the same runs
+called one by one in this process with the same seeds (bit for bit: the same program on the same
+inputs, JAX's CPU random bits and arithmetic are deterministic); a rerun of the command must
+execute no task; a later sweep of a new checkpoint must extend the Zarr store.
+
+The first sweep starts its own local Ray, as the command does (its workers inherit the thread and
+cache settings; runner.run_on_ray), and must compile its programs in one worker only: the first
+task goes alone, the other workers load its compilations from the shared persistent cache. The
+later sweep runs on a Ray started beforehand (the settings travel as a runtime_env).
 """
 
 from __future__ import annotations
@@ -79,13 +84,6 @@ max_retries = 1
 """
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
 def folder(tmp_path):
     rng = np.random.default_rng(0)
@@ -107,10 +105,12 @@ def folder(tmp_path):
     return tmp_path, {f"c{i}": {"w": c} for i, c in enumerate(centers)}
 
 
-def test_sweep_on_ray(ray_cluster, folder, capsys):
+def test_sweep_on_ray(folder, capsys):
     path, centers = folder
     out = path / "out"
-    ds = sweep(path / "sweep.toml", out=out, plots=False, log=None)
+    assert not ray.is_initialized()
+    ds = sweep(path / "sweep.toml", out=out, num_cpus=2, plots=False, log=None)
+    assert not ray.is_initialized() and ds.attrs["ray_init_s"] > 0
 
     # the killed worker: its task ran again elsewhere and nothing was lost
     killed_pid = int((path / "killed_once").read_text())
@@ -125,6 +125,18 @@ def test_sweep_on_ray(ray_cluster, folder, capsys):
     for err in bad["error"].values:
         assert "DataError" in err and "bad.npz" in err and "corrupt" in err
     assert ds.attrs["tasks_run"] == 8 and ds.attrs["tasks_failed"] == 2
+    # the workers Ray started for the sweep have its settings; one of them compiled
+    for record in records:
+        env = record["profile"]["env"]
+        assert env["OMP_NUM_THREADS"] == "1" and env["JAX_PLATFORMS"] == "cpu"
+        assert "intra_op_parallelism_threads=1" in env["XLA_FLAGS"]
+        assert env["JAX_COMPILATION_CACHE_DIR"] == str(out / "jax_cache")
+    misses = {pid: sum(r["profile"]["cache_misses"] for r in records if r["pid"] == pid)
+              for pid in pids}  # fmt: skip
+    hits = {pid: sum(r["profile"]["cache_hits"] for r in records if r["pid"] == pid)
+            for pid in pids}  # fmt: skip
+    assert sum(m > 0 for m in misses.values()) == 1, (misses, hits)
+    assert all(hits[pid] > 0 for pid in pids if misses[pid] == 0), (misses, hits)
 
     # the same runs one by one, with the same seeds: equal bit for bit
     model = load_function(f"{path / 'model.py'}:model", (path / "model.py").read_text())
@@ -148,8 +160,14 @@ def test_sweep_on_ray(ray_cluster, folder, capsys):
     assert "0 run, 8 skipped, 2 failed" in capsys.readouterr().out
     assert open_sweep(out).attrs["tasks_run"] == 0
 
-    # a sweep of one more checkpoint extends the store; the earlier values stay
-    more = sweep(path / "more.toml", out=out, plots=False, log=None)
+    # a sweep of one more checkpoint, on a Ray started before, extends the store; the earlier
+    # values stay
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        more = sweep(path / "more.toml", out=out, plots=False, log=None)
+        assert ray.is_initialized() and more.attrs["ray_init_s"] == 0.0
+    finally:
+        ray.shutdown()
     assert more.attrs["tasks_run"] == 2
     assert set(more["checkpoint"].values) == {"c0", "c1", "c2", "bad", "c3"}
     assert (more["status"].sel(checkpoint="c3") == "ok").all()

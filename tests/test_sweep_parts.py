@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from slt_ppl.errors import DataError, SettingError
-from slt_ppl.sweep import expand, load_spec, open_sweep, plot_sweep
+from slt_ppl.sweep import Task, expand, load_spec, open_sweep, plot_sweep
 from slt_ppl.sweep.checkpoints import read_checkpoint
 from slt_ppl.sweep.dataset import to_dataset, write_zarr
 from slt_ppl.sweep.runner import fingerprint
@@ -215,15 +215,19 @@ def test_task_of_a_torch_module_equals_the_direct_run(tmp_path):
     assert bad["status"] == "failed" and "does not fit the module" in bad["error"]
 
 
-def _center_bytes() -> bytes:
+def _center_bytes(value: float = 0.0) -> bytes:
     import io
 
     buf = io.BytesIO()
-    np.savez(buf, w=np.zeros(2, np.float32))
+    np.savez(buf, w=np.full(2, value, np.float32))
     return buf.getvalue()
 
 
-def test_task_with_temperatures_records_the_two_temperature_llc():
+def test_task_with_temperatures_records_the_two_temperature_llc(tmp_path):
+    """... and a second task of the same program group (runner.program_group: another
+    checkpoint, ε, γ, seed and temperature values) compiles and traces nothing: JAX's compile
+    events, counted by sweep.profile, see no XLA compilation or persistent-cache load."""
+    from slt_ppl.sweep.runner import program_group
     from slt_ppl.sweep.task import run_task
 
     point = {"step_size": 1e-3, "temperatures": [1.0, 2.0]}
@@ -231,6 +235,14 @@ def test_task_with_temperatures_records_the_two_temperature_llc():
     assert record["status"] == "ok", record["error"]
     assert np.isfinite(record["values"]["llc_two_temperature"])
     assert record["values"]["healthy"] in (0, 1)
+
+    other = {"step_size": 2e-3, "temperatures": [1.0, 3.0], "gamma": 7.0, "seed": 1}
+    spec = _spec(tmp_path)
+    assert program_group(spec, Task(tmp_path, point)) == program_group(spec, Task(tmp_path, other))
+    second = run_task(_payload(point=other), None, _center_bytes(0.1))
+    assert second["status"] == "ok", second["error"]
+    assert second["profile"]["xla_programs"] == 0 and second["profile"]["trace_s"] < 0.5
+    assert second["values"]["compile_time_s"] == 0.0 and second["profile"]["tasks_before"] >= 1
 
 
 def test_restrict_to_reaches_localize(monkeypatch):
@@ -285,3 +297,44 @@ def test_builtin_example_sweep_file_is_valid(tmp_path):
     ds = to_dataset(spec, expand(spec), [str(i) for i in range(120)], {})
     assert ds["training_step"].values.tolist() == list(range(50, 1001, 50))
     assert label("temperatures", [1, 2.0]) == "1,2"
+
+
+def test_program_groups_order_the_first_submissions(tmp_path):
+    """A local sweep submits one task per program group first (runner.pilot_tasks), the rest of
+    a group after it; what is a group is checked against compilation in
+    test_task_with_temperatures_records_the_two_temperature_llc."""
+    from slt_ppl.sweep.runner import pilot_tasks, program_group
+
+    grid = {"num_chains": [2, 3], "step_size": [1e-3, 2e-3], "gamma": [5.0, 7.0], "seed": [0, 1]}
+    spec = _spec(tmp_path, grid=grid)
+    tasks = [(t, str(i)) for i, t in enumerate(expand(spec))]
+    first, held = pilot_tasks(spec, tasks)
+    assert [t.point["num_chains"] for t, _ in first] == [2, 3]
+    assert sorted(len(rest) for rest in held.values()) == [15, 15]
+    task = first[0][0]
+    for change in ({"step_size": "auto"}, {"kernel": "sgnht"}, {"restrict_to": ["w"]},
+                   {"temperatures": [1.0, 2.0]}):  # fmt: skip
+        assert program_group(spec, task) != program_group(spec, Task(task.checkpoint, {
+            **task.point, **change})), change  # fmt: skip
+    restricted = _spec(tmp_path, grid=grid, localize={"restrict_to": ["w"]})
+    a, b = (t for t in expand(restricted) if t.point == task.point)
+    assert program_group(restricted, a) != program_group(restricted, b)  # per checkpoint
+
+
+def test_union_seconds_counts_nested_spans_once():
+    from slt_ppl.sweep.profile import union_seconds
+
+    assert union_seconds([(0.0, 4.0), (1.0, 2.0), (3.0, 6.0), (8.0, 9.0)]) == 7.0
+    assert union_seconds([]) == 0.0
+
+
+def test_environment_is_restored(monkeypatch):
+    import os
+
+    from slt_ppl.sweep.runner import environment
+
+    monkeypatch.setenv("SLT_PPL_TEST_A", "a")
+    monkeypatch.delenv("SLT_PPL_TEST_B", raising=False)
+    with environment({"SLT_PPL_TEST_A": "x", "SLT_PPL_TEST_B": "y"}):
+        assert os.environ["SLT_PPL_TEST_A"] == "x" and os.environ["SLT_PPL_TEST_B"] == "y"
+    assert os.environ["SLT_PPL_TEST_A"] == "a" and "SLT_PPL_TEST_B" not in os.environ

@@ -8,11 +8,12 @@ keeps the records. With no address Ray starts on this machine's cores; with ``ad
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,12 @@ from slt_ppl.errors import SettingError
 from slt_ppl.sweep.dataset import check_compatible, open_sweep, to_dataset, write_zarr
 from slt_ppl.sweep.spec import SweepSpec, Task, expand, file_digest, load_spec
 from slt_ppl.sweep.store import read_records, task_key, write_record
-from slt_ppl.sweep.task import run_task
+from slt_ppl.sweep.task import run_task, warm_worker
 
 RESULTS = "results.zarr"
+# local sweeps: each program group's first task alone, then the rest (run_on_ray); False: all
+# at once (benchmarks/sweep_overhead.py --all-at-once measures the difference)
+PILOT_FIRST = True
 
 
 def sweep(
@@ -62,14 +66,16 @@ def sweep(
     if log:
         log(f"slt-ppl sweep: {len(tasks)} tasks, {len(tasks) - len(todo)} already done")
     t0 = time.perf_counter()
+    timing = {"ray_init_s": 0.0, "ray_shutdown_s": 0.0}
     if todo:
-        run_on_ray(spec, todo, out, address=address, num_cpus=num_cpus, log=log)
+        timing = run_on_ray(spec, todo, out, address=address, num_cpus=num_cpus, log=log)
     records = read_records(out)
     ds = to_dataset(spec, tasks, keys, records)
     failed = sum(records[k]["status"] == "failed" for _, k in todo if k in records)
     ds.attrs.update(attrs, slt_ppl_version=slt_ppl.__version__, tasks_total=len(tasks),
                     tasks_run=len(todo), tasks_skipped=len(tasks) - len(todo),
-                    tasks_failed=failed, wall_time_s=time.perf_counter() - t0)  # fmt: skip
+                    tasks_failed=failed, wall_time_s=time.perf_counter() - t0,
+                    **timing)  # fmt: skip
     write_zarr(ds, out / RESULTS)
     merged = open_sweep(out / RESULTS)
     if plots:
@@ -124,45 +130,145 @@ def fingerprint(spec: SweepSpec) -> dict[str, Any]:
 
 
 def run_on_ray(spec: SweepSpec, todo: list[tuple[Task, str]], out: Path, *, address: str | None,
-               num_cpus: int | None, log: Callable[[str], None] | None) -> None:  # fmt: skip
-    """Submit ``todo`` to Ray and write each record as its task finishes."""
+               num_cpus: int | None, log: Callable[[str], None] | None) -> dict[str, float]:  # fmt: skip
+    """Submit ``todo`` to Ray and write each record as its task finishes; returns the seconds
+    spent starting and stopping Ray (``ray_init_s``, ``ray_shutdown_s``: 0.0 when Ray was
+    running before).
+
+    On a local Ray the workers share JAX's persistent compilation cache, so the first task of
+    each program group (:func:`program_group`) goes first, alone, and the rest of its group
+    only when it has finished: the other workers then load its compiled programs from the cache
+    instead of compiling the same programs at the same moment (:func:`pilot_tasks`). Meanwhile
+    each other worker Ray will need is started and imports JAX, NumPyro and slt_ppl
+    (``task.warm_worker``), so that its first task does no more than trace, lower and load.
+    Ray places and retries every task; this only orders the first submissions."""
     ray = need("ray")
 
     started = not ray.is_initialized()
     address = address or os.environ.get("RAY_ADDRESS")
+    res = spec.resources
+    local = address is None  # on a cluster, paths of this machine mean nothing to the nodes
+    env = worker_env(res, local=local, cache=out / "jax_cache" if local else None)
+    t0 = time.perf_counter()
     if started:
-        # "local": always a new Ray on this machine, even when a `ray start` cluster runs here
-        ray.init(address=address or "local",
-                 num_cpus=None if address else (num_cpus or os.cpu_count()),
-                 include_dashboard=False, log_to_driver=False)  # fmt: skip
+        # "local": always a new Ray on this machine, even when a `ray start` cluster runs here;
+        # its processes inherit `env`, so the workers Ray starts with it are ours
+        with environment(env if local else {}):
+            ray.init(address=address or "local",
+                     num_cpus=None if address else (num_cpus or os.cpu_count()),
+                     include_dashboard=False, log_to_driver=False)  # fmt: skip
+    timing = {"ray_init_s": time.perf_counter() - t0 if started else 0.0, "ray_shutdown_s": 0.0}
     try:
-        res = spec.resources
-        local = address is None  # on a cluster, paths of this machine mean nothing to the nodes
-        env = worker_env(res, local=local, cache=out / "jax_cache" if local else None)
-        remote = ray.remote(run_task).options(
-            num_cpus=float(res["num_cpus"]), num_gpus=float(res["num_gpus"]),
-            max_retries=int(res["max_retries"]), retry_exceptions=True,
-            runtime_env={"env_vars": env},
-        )  # fmt: skip
+        # the same resources and environment: Ray gives both functions the same worker processes
+        # (a Ray started here: those it started with `env`, no runtime_env needed);
+        # max_calls=0: a worker runs any number of tasks (Ray's default for CPU tasks; it would be
+        # 1, a new process and new compilations per task, for num_gpus given to ray.remote())
+        options: dict[str, Any] = {"num_cpus": float(res["num_cpus"]),
+                                   "num_gpus": float(res["num_gpus"])}  # fmt: skip
+        if not (started and local):
+            options["runtime_env"] = {"env_vars": env}
+        remote = ray.remote(max_calls=0)(run_task).options(
+            **options, max_retries=int(res["max_retries"]), retry_exceptions=True
+        )
+        warm = ray.remote(max_calls=0)(warm_worker).options(**options, max_retries=0)
         data_ref = ray.put(load_data(spec.data)) if spec.data else None
         content = {c: ray.put(c.read_bytes()) for c in {t.checkpoint for t, _ in todo}}
-        pending = {
-            remote.remote(payload(spec, t, k, res), data_ref, content[t.checkpoint]): (t, k)
-            for t, k in todo
-        }
+        pending: dict[Any, tuple[Task, str, float]] = {}
+
+        def submit(batch: list[tuple[Task, str]]) -> None:
+            for task, key in batch:
+                ref = remote.remote(payload(spec, task, key, res), data_ref,
+                                    content[task.checkpoint])  # fmt: skip
+                pending[ref] = (task, key, time.time())
+
+        first, held = pilot_tasks(spec, todo) if local and PILOT_FIRST else (todo, {})
+        submit(first)
+        torch = spec.model["kind"] == "torch_module"
+        threads = max(1, math.ceil(float(res["num_cpus"])))
+        warming = [warm.remote(threads, torch) for _ in range(idle_workers(ray, res, todo, first))]
         finished = 0
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
-                task, key = pending.pop(ref)
+                task, key, submitted = pending.pop(ref)
                 record = collect(ref, task, key, int(res["max_retries"]))
+                record.setdefault("profile", {})["submitted"] = submitted
                 write_record(out, record)
+                submit(held.pop(program_group(spec, task), []))
                 finished += 1
                 if log:
                     log(f"  [{finished}/{len(todo)}] {describe(task, record)}")
+        del warming  # fire and forget: a warm-up that fails costs its worker nothing
     finally:
         if started:
+            t1 = time.perf_counter()
             ray.shutdown()
+            timing["ray_shutdown_s"] = time.perf_counter() - t1
+    return timing
+
+
+# grid axes whose value changes a task's compiled programs (docs/sweeps.md, "Compilation is
+# reused"): the others (step_size values, seed, gamma, nbeta, the checkpoint) are arguments
+PROGRAM_AXES = ("kernel", "num_chains", "temperatures", "restrict_to")
+
+
+def program_group(spec: SweepSpec, task: Task) -> tuple[Any, ...]:
+    """A key shared by the tasks that compile the same programs: the grid's kernel, num_chains,
+    number of temperatures, restrict_to, and whether ε is tuned ("auto") or given; with a
+    restrict_to (grid or fixed) also the checkpoint, whose fixed coordinates are constants of
+    the restricted loss."""
+    point = task.point
+    group = []
+    for axis in PROGRAM_AXES:
+        if axis in point:
+            value = len(point[axis]) if axis == "temperatures" else point[axis]
+            group.append((axis, json.dumps(value, sort_keys=True, default=str)))
+    if "step_size" in point:
+        group.append(("step_size", isinstance(point["step_size"], str)))
+    if "restrict_to" in point or "restrict_to" in spec.localize:
+        group.append(("checkpoint", str(task.checkpoint)))
+    return tuple(group)
+
+
+def idle_workers(ray: Any, resources: dict[str, Any], todo: list, first: list) -> int:
+    """How many more workers than ``first`` tasks the sweep will keep busy: the task slots of
+    the Ray cluster (its CPUs and GPUs over a task's), at most one per task."""
+    total = ray.cluster_resources()
+    slots = [total.get("CPU", 0.0) / float(resources["num_cpus"])]
+    if float(resources["num_gpus"]) > 0:
+        slots.append(total.get("GPU", 0.0) / float(resources["num_gpus"]))
+    return max(0, min(int(min(slots)), len(todo)) - len(first))
+
+
+def pilot_tasks(spec: SweepSpec, todo: list[tuple[Task, str]]
+                ) -> tuple[list[tuple[Task, str]], dict[Any, list[tuple[Task, str]]]]:  # fmt: skip
+    """The first task of each program group, and the rest of each group (held back until that
+    group's first task has finished and its compilations are in the persistent cache)."""
+    first: list[tuple[Task, str]] = []
+    held: dict[Any, list[tuple[Task, str]]] = {}
+    for task, key in todo:
+        group = program_group(spec, task)
+        if group in held:
+            held[group].append((task, key))
+        else:
+            held[group] = []
+            first.append((task, key))
+    return first, held
+
+
+@contextlib.contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` updated by ``env`` within the block, restored after it."""
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def need(package: str) -> Any:

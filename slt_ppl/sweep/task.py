@@ -17,6 +17,7 @@ import warnings
 from typing import Any
 
 from slt_ppl.errors import DataError, SettingError, SLTError
+from slt_ppl.sweep import profile
 from slt_ppl.sweep.checkpoints import read_checkpoint
 from slt_ppl.sweep.spec import GRID_KEYS
 
@@ -33,9 +34,11 @@ def run_task(payload: dict[str, Any], data: dict[str, Any] | None, content: byte
     """Run one (checkpoint, grid point). ``payload``: key, checkpoint name and suffix, point,
     model (kind, target, options, source text of a model file), fixed localize/sample keywords,
     estimators, threads. ``data``: the model's keyword arrays (None: a built-in model's own).
-    ``content``: the checkpoint file's bytes."""
-    t0 = time.perf_counter()
+    ``content``: the checkpoint file's bytes. The record's ``profile`` says where a cold
+    worker's time went (``sweep.profile.task_profile``)."""
+    started, t0 = time.time(), time.perf_counter()
     pin_threads(int(payload.get("threads", 1)))
+    imports_s = profile.import_libraries(torch=payload["model"]["kind"] == "torch_module")
     base = {"key": payload["key"], "checkpoint": payload["checkpoint"], "pid": os.getpid()}
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -43,10 +46,20 @@ def run_task(payload: dict[str, Any], data: dict[str, Any] | None, content: byte
             values, text = estimate(payload, data, content)
     except SLTError as err:
         return {**base, "status": "failed", "error": f"{type(err).__name__}: {err}",
-                "values": {"wall_time_s": time.perf_counter() - t0}, "text": {}}  # fmt: skip
+                "values": {"wall_time_s": time.perf_counter() - t0}, "text": {},
+                "profile": profile.task_profile(started, imports_s)}  # fmt: skip
     values["wall_time_s"] = time.perf_counter() - t0
     text["warnings"] = " | ".join(sorted({str(w.message) for w in caught}))
-    return {**base, "status": "ok", "error": "", "values": values, "text": text}
+    return {**base, "status": "ok", "error": "", "values": values, "text": text,
+            "profile": profile.task_profile(started, imports_s)}  # fmt: skip
+
+
+def warm_worker(threads: int, torch: bool) -> dict[str, Any]:
+    """Import what a task needs in this worker process, so that its first task starts with the
+    imports done (``runner.run_on_ray`` submits one per idle worker while the first task of a
+    program group compiles); returns the pid and seconds."""
+    pin_threads(threads)
+    return {"pid": os.getpid(), "imports_s": profile.import_libraries(torch=torch)}
 
 
 def pin_threads(threads: int) -> None:
