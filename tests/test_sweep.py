@@ -116,7 +116,10 @@ def test_sweep_on_ray(folder, capsys, monkeypatch):
     killed_pid = int((path / "killed_once").read_text())
     records = [r for r in _records(out) if r["status"] == "ok"]
     pids = {r["pid"] for r in records}
-    assert killed_pid not in pids and len(pids) >= 2, (killed_pid, pids)
+    # two worker processes ran tasks: the killed one (it was running the first task) and the
+    # one(s) that completed them (not necessarily two of those: after the first task a warm
+    # worker may run all six short tasks before Ray has started another process)
+    assert killed_pid not in pids and pids, (killed_pid, pids)
     good = ds.sel(checkpoint=["c0", "c1", "c2"])
     assert (good["status"] == "ok").all() and len(records) == 6
     # the corrupt checkpoint: failed tasks naming the file and the problem

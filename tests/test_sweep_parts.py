@@ -303,7 +303,7 @@ def test_program_groups_order_the_first_submissions(tmp_path):
     """A local sweep submits one task per program group first (runner.pilot_tasks), the rest of
     a group after it; what is a group is checked against compilation in
     test_task_with_temperatures_records_the_two_temperature_llc."""
-    from slt_ppl.sweep.runner import pilot_tasks, program_group
+    from slt_ppl.sweep.runner import pilot_tasks, program_group, release
 
     grid = {"num_chains": [2, 3], "step_size": [1e-3, 2e-3], "gamma": [5.0, 7.0], "seed": [0, 1]}
     spec = _spec(tmp_path, grid=grid)
@@ -316,6 +316,11 @@ def test_program_groups_order_the_first_submissions(tmp_path):
                    {"temperatures": [1.0, 2.0]}):  # fmt: skip
         assert program_group(spec, task) != program_group(spec, Task(task.checkpoint, {
             **task.point, **change})), change  # fmt: skip
+    group = program_group(spec, task)
+    rest = list(held[group])
+    assert release(held, group, ok=False) == rest[:1]  # a failed first task: the next one alone
+    assert release(held, group, ok=True) == rest[1:] and group not in held
+    assert release(held, group, ok=True) == []  # released before
     restricted = _spec(tmp_path, grid=grid, localize={"restrict_to": ["w"]})
     a, b = (t for t in expand(restricted) if t.point == task.point)
     assert program_group(restricted, a) != program_group(restricted, b)  # per checkpoint

@@ -138,7 +138,8 @@ def run_on_ray(spec: SweepSpec, todo: list[tuple[Task, str]], out: Path, *, addr
     On a local Ray the workers share JAX's persistent compilation cache, so the first task of
     each program group (:func:`program_group`) goes first, alone, and the rest of its group
     only when it has finished: the other workers then load its compiled programs from the cache
-    instead of compiling the same programs at the same moment (:func:`pilot_tasks`). Meanwhile
+    instead of compiling the same programs at the same moment (:func:`pilot_tasks`; a first task
+    that fails hands its turn to the next, :func:`release`). Meanwhile
     each other worker Ray will need is started and imports JAX, NumPyro and slt_ppl
     (``task.warm_worker``), so that its first task does no more than trace, lower and load.
     Ray places and retries every task; this only orders the first submissions."""
@@ -194,7 +195,7 @@ def run_on_ray(spec: SweepSpec, todo: list[tuple[Task, str]], out: Path, *, addr
                 record = collect(ref, task, key, int(res["max_retries"]))
                 record.setdefault("profile", {})["submitted"] = submitted
                 write_record(out, record)
-                submit(held.pop(program_group(spec, task), []))
+                submit(release(held, program_group(spec, task), record["status"] == "ok"))
                 finished += 1
                 if log:
                     log(f"  [{finished}/{len(todo)}] {describe(task, record)}")
@@ -228,6 +229,19 @@ def program_group(spec: SweepSpec, task: Task) -> tuple[Any, ...]:
     if "restrict_to" in point or "restrict_to" in spec.localize:
         group.append(("checkpoint", str(task.checkpoint)))
     return tuple(group)
+
+
+def release(held: dict[Any, list], group: Any, ok: bool) -> list:
+    """What to submit when a task of ``group`` has finished: the rest of the group if it was
+    held back behind this task and the task succeeded (its programs are in the cache); the next
+    task alone if it failed (it may have failed before compiling: a corrupt checkpoint); nothing
+    if the group was released before."""
+    rest = held.get(group)
+    if rest is None:
+        return []
+    if ok or len(rest) <= 1:
+        return held.pop(group)
+    return [rest.pop(0)]
 
 
 def idle_workers(ray: Any, resources: dict[str, Any], todo: list, first: list) -> int:
