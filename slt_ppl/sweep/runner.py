@@ -136,76 +136,88 @@ def run_on_ray(spec: SweepSpec, todo: list[tuple[Task, str]], out: Path, *, addr
     running before).
 
     On a local Ray the workers share JAX's persistent compilation cache, so the first task of
-    each program group (:func:`program_group`) goes first, alone, and the rest of its group
-    only when it has finished: the other workers then load its compiled programs from the cache
+    each program group (:func:`program_group`) goes first, alone, and the rest of its group only
+    when it has finished: the other workers then load its compiled programs from the cache
     instead of compiling the same programs at the same moment (:func:`pilot_tasks`; a first task
-    that fails hands its turn to the next, :func:`release`). Meanwhile
-    each other worker Ray will need is started and imports JAX, NumPyro and slt_ppl
-    (``task.warm_worker``), so that its first task does no more than trace, lower and load.
-    Ray places and retries every task; this only orders the first submissions."""
+    that fails hands its turn to the next, :func:`release`). Meanwhile each other worker Ray will
+    need is started and imports JAX, NumPyro and slt_ppl (``task.warm_worker``), so that its
+    first task does no more than trace, lower and load. A Ray started here starts its processes
+    with the workers' environment, so the workers it starts with itself serve the tasks. Ray
+    places and retries every task; this only orders the first submissions."""
     ray = need("ray")
 
     started = not ray.is_initialized()
     address = address or os.environ.get("RAY_ADDRESS")
-    res = spec.resources
     local = address is None  # on a cluster, paths of this machine mean nothing to the nodes
-    env = worker_env(res, local=local, cache=out / "jax_cache" if local else None)
+    env = worker_env(spec.resources, local=local, cache=out / "jax_cache" if local else None)
     t0 = time.perf_counter()
     if started:
-        # "local": always a new Ray on this machine, even when a `ray start` cluster runs here;
-        # its processes inherit `env`, so the workers Ray starts with it are ours
+        # "local": always a new Ray on this machine, even when a `ray start` cluster runs here
         with environment(env if local else {}):
             ray.init(address=address or "local",
                      num_cpus=None if address else (num_cpus or os.cpu_count()),
                      include_dashboard=False, log_to_driver=False)  # fmt: skip
     timing = {"ray_init_s": time.perf_counter() - t0 if started else 0.0, "ray_shutdown_s": 0.0}
     try:
-        # the same resources and environment: Ray gives both functions the same worker processes
-        # (a Ray started here: those it started with `env`, no runtime_env needed);
-        # max_calls=0: a worker runs any number of tasks (Ray's default for CPU tasks; it would be
-        # 1, a new process and new compilations per task, for num_gpus given to ray.remote())
-        options: dict[str, Any] = {"num_cpus": float(res["num_cpus"]),
-                                   "num_gpus": float(res["num_gpus"])}  # fmt: skip
-        if not (started and local):
-            options["runtime_env"] = {"env_vars": env}
-        remote = ray.remote(max_calls=0)(run_task).options(
-            **options, max_retries=int(res["max_retries"]), retry_exceptions=True
-        )
-        warm = ray.remote(max_calls=0)(warm_worker).options(**options, max_retries=0)
-        data_ref = ray.put(load_data(spec.data)) if spec.data else None
-        content = {c: ray.put(c.read_bytes()) for c in {t.checkpoint for t, _ in todo}}
-        pending: dict[Any, tuple[Task, str, float]] = {}
-
-        def submit(batch: list[tuple[Task, str]]) -> None:
-            for task, key in batch:
-                ref = remote.remote(payload(spec, task, key, res), data_ref,
-                                    content[task.checkpoint])  # fmt: skip
-                pending[ref] = (task, key, time.time())
-
-        first, held = pilot_tasks(spec, todo) if local and PILOT_FIRST else (todo, {})
-        submit(first)
-        torch = spec.model["kind"] == "torch_module"
-        threads = max(1, math.ceil(float(res["num_cpus"])))
-        warming = [warm.remote(threads, torch) for _ in range(idle_workers(ray, res, todo, first))]
-        finished = 0
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                task, key, submitted = pending.pop(ref)
-                record = collect(ref, task, key, int(res["max_retries"]))
-                record.setdefault("profile", {})["submitted"] = submitted
-                write_record(out, record)
-                submit(release(held, program_group(spec, task), record["status"] == "ok"))
-                finished += 1
-                if log:
-                    log(f"  [{finished}/{len(todo)}] {describe(task, record)}")
-        del warming  # fire and forget: a warm-up that fails costs its worker nothing
+        remote, warm = remote_functions(ray, spec.resources, None if started and local else env)
+        submit_and_collect(ray, spec, todo, out, remote, warm, pilots=local and PILOT_FIRST,
+                           log=log)  # fmt: skip
     finally:
         if started:
             t1 = time.perf_counter()
             ray.shutdown()
             timing["ray_shutdown_s"] = time.perf_counter() - t1
     return timing
+
+
+def remote_functions(ray: Any, res: dict[str, Any], env: dict[str, str] | None) -> tuple[Any, Any]:
+    """``run_task`` and ``warm_worker`` as Ray remote functions with the task's resources (and
+    ``env`` as their runtime_env unless None), so that Ray gives both the same worker processes.
+    ``max_calls=0``: a worker runs any number of tasks and keeps its compilations (Ray's default
+    for CPU tasks; it would be 1, a new process per task, for num_gpus given to ray.remote())."""
+    options: dict[str, Any] = {"num_cpus": float(res["num_cpus"]),
+                               "num_gpus": float(res["num_gpus"])}  # fmt: skip
+    if env is not None:
+        options["runtime_env"] = {"env_vars": env}
+    remote = ray.remote(max_calls=0)(run_task).options(
+        **options, max_retries=int(res["max_retries"]), retry_exceptions=True
+    )
+    return remote, ray.remote(max_calls=0)(warm_worker).options(**options, max_retries=0)
+
+
+def submit_and_collect(ray: Any, spec: SweepSpec, todo: list[tuple[Task, str]], out: Path,
+                       remote: Any, warm: Any, *, pilots: bool,
+                       log: Callable[[str], None] | None) -> None:  # fmt: skip
+    """Submit the tasks (with ``pilots``: each program group's first task, the rest on its
+    :func:`release`), warm the idle workers, and write each record as its task finishes (with
+    the time it was submitted in its ``profile``)."""
+    res = spec.resources
+    data_ref = ray.put(load_data(spec.data)) if spec.data else None
+    content = {c: ray.put(c.read_bytes()) for c in {t.checkpoint for t, _ in todo}}
+    pending: dict[Any, tuple[Task, str, float]] = {}
+
+    def submit(batch: list[tuple[Task, str]]) -> None:
+        for task, key in batch:
+            ref = remote.remote(payload(spec, task, key, res), data_ref, content[task.checkpoint])
+            pending[ref] = (task, key, time.time())
+
+    first, held = pilot_tasks(spec, todo) if pilots else (todo, {})
+    submit(first)
+    torch, threads = spec.model["kind"] == "torch_module", max(1, math.ceil(res["num_cpus"]))
+    for _ in range(idle_workers(ray, res, todo, first)):  # fire and forget
+        warm.remote(threads, torch)
+    finished = 0
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            task, key, submitted = pending.pop(ref)
+            record = collect(ref, task, key, int(res["max_retries"]))
+            record.setdefault("profile", {})["submitted"] = submitted
+            write_record(out, record)
+            submit(release(held, program_group(spec, task), record["status"] == "ok"))
+            finished += 1
+            if log:
+                log(f"  [{finished}/{len(todo)}] {describe(task, record)}")
 
 
 # grid axes whose value changes a task's compiled programs (docs/sweeps.md, "Compilation is
