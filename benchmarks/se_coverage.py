@@ -25,9 +25,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import xarray as xr
 
 import slt_ppl
 from slt_ppl.estimators._common import loss_difference, stats_of
+from slt_ppl.estimators.error_bars import honest_se
 from validation.singular import build, cached_reference, rrr_case
 
 
@@ -69,43 +71,59 @@ def read_rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
 
 
-def z_summary(rows: list[dict], exact: float, exact_se: float, se_key: str = "se") -> dict:
-    """z mean, z sd with its standard error sd/√(2(S−1)), ±2 se coverage, over the rows."""
-    llc = np.asarray([r["llc"] for r in rows])
-    se = np.asarray([r[se_key] for r in rows])
+def z_summary(llc: np.ndarray, se: np.ndarray, exact: float, exact_se: float) -> dict:
+    """z mean (± its se), z sd with its standard error sd/√(2(S−1)), ±2 se coverage."""
     z = (llc - exact) / np.sqrt(se**2 + exact_se**2)
     sd = float(np.std(z, ddof=1)) if len(z) > 1 else math.nan
     return {
-        "runs": len(z),
         "z_mean": float(np.mean(z)),
         "z_mean_se": sd / math.sqrt(len(z)),
         "z_sd": sd,
         "z_sd_se": sd / math.sqrt(2 * (len(z) - 1)) if len(z) > 1 else math.nan,
         "cover_2se": float(np.mean(np.abs(z) <= 2)),
-        "llc_mean": float(np.mean(llc)),
-        "llc_sd": float(np.std(llc, ddof=1)) if len(z) > 1 else math.nan,
         "se_rms": float(np.sqrt(np.mean(se**2))),
     }
 
 
-def table(rows: list[dict], exact: float, exact_se: float) -> str:
-    head = ("| batches | runs | z mean | z sd (± se) | ±2se coverage | λ̂ mean | λ̂ sd across "
-            "seeds | rms se | mean Δλ̂ | mean ε | thin | wall/run (s) | healthy |")  # fmt: skip
+def current_se(rows: list[dict], traces: Path) -> np.ndarray:
+    """llc_se of each run recomputed from its saved trace with this checkout's ``honest_se``."""
+    out = []
+    for r in rows:
+        trace = np.load(traces / f"seed{r['seed']}_shared{r['shared_batches']}.npy")
+        out.append(honest_se(xr.DataArray(trace.astype(np.float64), dims=("chain", "draw"))))
+    return np.asarray(out)
+
+
+def table(rows: list[dict], exact: float, exact_se: float, traces: Path) -> str:
+    """Per setting: λ̂ over seeds, then z for the se formula before session 6 (max of ArviZ's
+    MCSE and batch means, recorded per run), for this checkout's ``llc_se`` (from the saved
+    traces), and for the heating-corrected λ̂ − Δλ̂ with this se."""
+    head = ("| batches | runs | λ̂ mean | λ̂ sd over seeds | mean Δλ̂ | mean ε | wall/run (s) | "
+            "healthy | se formula | rms se | z mean | z sd | ±2se coverage |")  # fmt: skip
     lines = [head, "|" + "---|" * 13]
     for shared in (1, 0):
-        sub = [r for r in rows if r["shared_batches"] == shared]
-        if not sub:
+        sub = sorted((r for r in rows if r["shared_batches"] == shared), key=lambda r: r["seed"])
+        if len(sub) < 2:
             continue
-        s = z_summary(sub, exact, exact_se)
-        bias = np.nanmean([r["bias_estimate"] or math.nan for r in sub])
-        lines.append(
-            f"| {'shared' if shared else 'independent'} | {s['runs']} | {s['z_mean']:+.2f} ± "
-            f"{s['z_mean_se']:.2f} | {s['z_sd']:.2f} ± {s['z_sd_se']:.2f} | {s['cover_2se']:.0%} | "
-            f"{s['llc_mean']:.3f} | {s['llc_sd']:.3f} | {s['se_rms']:.3f} | {bias:.3f} | "
+        llc = np.asarray([r["llc"] for r in sub])
+        bias = np.asarray([r["bias_estimate"] for r in sub], dtype=float)
+        old = np.asarray([max(r["se_arviz"], r["se_batch_means"]) for r in sub])
+        now = current_se(sub, traces)
+        common = (
+            f"| {'shared' if shared else 'independent'} | {len(sub)} | {llc.mean():.3f} | "
+            f"{np.std(llc, ddof=1):.3f} | {np.nanmean(bias):.3f} | "
             f"{np.mean([r['step_size'] for r in sub]):.3g} | "
-            f"{'/'.join(sorted({str(r['thin']) for r in sub}))} | "
-            f"{np.mean([r['wall_s'] for r in sub]):.0f} | {sum(r['healthy'] for r in sub)}/{len(sub)} |"
+            f"{np.mean([r['wall_s'] for r in sub]):.0f} | "
+            f"{sum(r['healthy'] for r in sub)}/{len(sub)} |"
         )
+        for name, est, se in (("max(ArviZ, batch means)", llc, old), ("llc_se (this checkout)", llc, now),
+                              ("llc_se, λ̂ − Δλ̂", llc - bias, now)):  # fmt: skip
+            s = z_summary(est, se, exact, exact_se)
+            lines.append(
+                f"{common} {name} | {s['se_rms']:.3f} | {s['z_mean']:+.2f} ± {s['z_mean_se']:.2f} | "
+                f"{s['z_sd']:.2f} ± {s['z_sd_se']:.2f} | {s['cover_2se']:.0%} |"
+            )
+            common = "| | | | | | | | |"
     return "\n".join(lines)
 
 
@@ -118,15 +136,19 @@ def main() -> None:
     p.add_argument("--settings", default="shared,independent",
                    help="comma list of shared/independent, interleaved per seed")  # fmt: skip
     p.add_argument("--table", action="store_true", help="only print the table of --out")
+    p.add_argument("--exact", default=None,
+                   help="'value,se' to use instead of the cached reference (e.g. several NUTS seeds pooled)")  # fmt: skip
     args = p.parse_args()
     warnings.simplefilter("ignore")
     case = rrr_case((3, 3, 3), 2)
     post, ref_post, _ = build(case)
     ref = cached_reference(case, ref_post, "full", 0, args.refs)
     exact, exact_se = ref["exact"], ref["exact_se"]
+    if args.exact:
+        exact, exact_se = map(float, args.exact.split(","))
     print(f"{case.name}: exact {exact:.3f} ± {exact_se:.3f} ({ref['exact_method']})", flush=True)
+    traces = args.out.with_suffix(".traces")
     if not args.table:
-        traces = args.out.with_suffix(".traces")
         traces.mkdir(parents=True, exist_ok=True)
         settings = [s.strip() == "shared" for s in args.settings.split(",")]
         done = {(r["seed"], r["shared_batches"]) for r in read_rows(args.out)}
@@ -145,7 +167,8 @@ def main() -> None:
                       f"z {row['z']:+.2f} ε {row['step_size']:.3g} thin {row['thin']} Δλ̂ "
                       f"{row['bias_estimate']:.3f} healthy {row['healthy']} "
                       f"{row['wall_s']:.0f} s", flush=True)  # fmt: skip
-    print(table(read_rows(args.out), exact, exact_se))
+    print(f"exact used for z: {exact:.4f} ± {exact_se:.4f}")
+    print(table(read_rows(args.out), exact, exact_se, traces))
 
 
 if __name__ == "__main__":
