@@ -16,7 +16,9 @@ fifth of the se (0.03) and the chains are ~10 relaxation times (2/(γε) = 400 s
 
 Measured (this file's settings): z sd / mean = 1.02 / +0.01 (regular, MALA), 1.11 / −0.05
 (singular, MALA), 1.02 / +0.27 (singular, SGLD; ArviZ's MCSE alone: 1.15); the SGLD runs' ESS of the
-raw minibatch trace averaged 2542 per seed against 342 for the noise-free signal.
+raw minibatch trace averaged 2542 per seed against 342 for the noise-free signal. Session 6 (the se
+gained the replicated batch means, ``error_bars.replicated_batch_means_se``; rms se +6–8 % here):
+0.78 / −0.22, 1.06 / −0.03, 0.96 / +0.27 (the former formula on the same runs: 0.82, 1.11, 1.02).
 Where chains are only ~1 relaxation time long (γ = 1, ε = 5e-4, 5000 steps) no estimate from 4
 chains can be honest (z sd 1.53): that is a run the ESS/R-hat checks should flag (8 of 20 were).
 
