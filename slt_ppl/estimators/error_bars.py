@@ -26,9 +26,10 @@ so :func:`signal_ess_rhat` is written here):
   chains, 1000 draws thinned 125: the draws span ≈ 0.1 of the slowest relaxation time 2/(εγ);
   benchmarks/se_coverage.py): the spread of λ̂ over seeds was 1.27× (shared minibatches) and 1.2×
   (independent) the rms of max(ArviZ, batch means), z sd 1.23 and 1.13 over 17 and 16 seeds; with
-  this term 1.12 and 1.00. On synthetic traces (white noise of 28× the variance of an AR(1) signal
-  of autocorrelation time 150–300 draws, 4 × 1000 draws) z sd went from 1.28–1.31 to 1.10–1.15,
-  and with a fast signal from 0.96 to 0.93 (slightly conservative: the max of three estimates).
+  this term 1.12 and 1.00 (30 seeds against a pooled reference: 1.26 → 1.15 and 1.12 → 1.00). On
+  synthetic traces (4 × 1000 draws, white noise of variance 28 plus an AR(1) signal of variance
+  0.15–0.3 and autocorrelation time 150–300 draws) z sd went from 1.28–1.31 to 1.10–1.15, and with
+  a fast signal from 0.96 to 0.93 (slightly conservative: the max of three estimates).
 * :func:`honest_se` — the largest of ArviZ's MCSE, the batch-means se and the replicated
   batch-means se. ArviZ's MCSE uses the between-chain variance, which sees chains that have not
   mixed when the batches are shorter than the autocorrelation time; batch means of the chain
