@@ -24,9 +24,9 @@ so :func:`signal_ess_rhat` is written here):
   than N/10 draws shows up as chains that disagree, which the batch means of the chain average
   (point 1 of this list) cannot see. Measured on RRR 3-3-3 r = 2 at the defaults (n = 5000, 4
   chains, 1000 draws thinned 125: the draws span ≈ 0.1 of the slowest relaxation time 2/(εγ);
-  benchmarks/se_coverage.py): the spread of λ̂ over seeds was 1.27× (shared minibatches) and 1.2×
-  (independent) the rms of max(ArviZ, batch means), z sd 1.23 and 1.13 over 17 and 16 seeds; with
-  this term 1.12 and 1.00 (30 seeds against a pooled reference: 1.26 → 1.15 and 1.12 → 1.00). On
+  benchmarks/se_coverage.py, 30 seeds each): the spread of λ̂ over seeds was 1.25× (shared
+  minibatches) and 1.10× (independent) the rms of max(ArviZ, batch means), z sd 1.26 and 1.12;
+  with this term 1.15 and 1.00. On
   synthetic traces (4 × 1000 draws, white noise of variance 28 plus an AR(1) signal of variance
   0.15–0.3 and autocorrelation time 150–300 draws) z sd went from 1.28–1.31 to 1.10–1.15, and with
   a fast signal from 0.96 to 0.93 (slightly conservative: the max of three estimates).

@@ -13,8 +13,8 @@ shared minibatches correlate the chains, minibatch noise hides slow mixing, and 
 batch show only as chains that disagree; each made one of the others optimistic). Calibrated in
 tests/test_calibration.py: over 20 seeds z = (λ̂ − exact)/se has sd ≤ 1.25 on a regular and a
 singular model; on RRR 3-3-3 r = 2 at the defaults (benchmarks/se_coverage.py, benchmarks/RESULTS.md)
-z sd 1.12 (shared minibatches) and 1.00 (independent) over 17 and 16 seeds, where the first two
-alone gave 1.23 and 1.13.
+z sd 1.15 (shared minibatches) and 1.00 (independent) over 30 seeds each, where the first two
+alone gave 1.26 and 1.12.
 
 Results sampled at several temperatures (``sample(..., temperatures=...)``, a ``temperature`` dim)
 are handled by ``estimators.two_temperature``.
