@@ -162,7 +162,7 @@ def test_error_bar_counts_the_correlation_between_chains():
     C = 16. ``llc_se`` takes the overlapping batch means of the chain-averaged trace, which contain
     that correlation; ArviZ's MCSE treats chains as independent (z sd ≈ √2.8 = 1.7 here). Over 200
     replicates the sample sd of z has standard error ≈ 1/√400 = 0.05, so the 1.25 bound sits ≈ 4
-    standard errors above the ≈ 1.05 that 13-degree-of-freedom batch means give. ~6 s."""
+    standard errors above the ≈ 1.05 that 13-degree-of-freedom batch means give. 2–4 s."""
     rng = np.random.default_rng(0)
     z_honest, z_independent = [], []
     for _ in range(200):
