@@ -24,7 +24,8 @@ Which quantity (``estimators.error_bars``): for full-batch kernels the loss trac
 and ArviZ's bulk ESS / rank-normalized R-hat are used. For minibatch traces L_B(w_t) − L_B(w*) the
 minibatch noise is white and hides slow mixing (ESS 2102 where the full-data loss of the same draws
 had 89), so ESS and R-hat are those of the noise-free signal (``signal_ess_rhat``). Standard errors
-are ``honest_se`` = max(ArviZ MCSE, overlapping batch means of the chain-averaged trace).
+are ``honest_se`` = max(ArviZ MCSE, overlapping batch means of the chain-averaged trace,
+replicated batch means scaled for the correlation between chains).
 """
 
 from __future__ import annotations
