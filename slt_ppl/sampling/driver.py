@@ -38,7 +38,6 @@ from slt_ppl.kernels.preconditioners import localized_delta, pool_chains
 from slt_ppl.sampling.checkpoint import checkpoint_path, load_for_resume
 from slt_ppl.sampling.defaults import (
     DEFAULT_BATCH_SIZE,
-    MAX_STEPS,
     auto_thin,
     choose_kernel,
     median_preconditioner,
@@ -143,7 +142,7 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
                 )
     setup, s, step_size = _run_length(
         posterior, setup, s, step_size, tuning, tune_keys,
-        getattr(backend, "max_auto_steps", MAX_STEPS),
+        getattr(backend, "max_auto_steps", None),
     )  # fmt: skip
     stream = _open_stream(posterior, s, len(setup.chain_index))
     compile_before = setup.runner.stats.get("compile_time_s", 0.0)
@@ -268,7 +267,7 @@ def _run_length(
     step_size: float,
     tuning: dict[str, Any],
     tune_keys: tuple[Any, Any],
-    max_steps: int = MAX_STEPS,
+    max_steps: int | None = None,
 ) -> tuple[Setup, RunSettings, float]:
     """Resolve ``thin`` and the default burn-in once ε is known: ``thin=None`` is chosen by
     ``defaults.auto_thin`` (recorded in the tuning record, so a resumed run reuses it); when it
