@@ -44,6 +44,13 @@ TINY_STEP_COST = 1024
 TINY_MAX_STEPS = 2_500_000
 
 
+def is_tiny(batch_size: int, dim: int) -> bool:
+    """Whether a step's gradient is tiny: batch_size·d ≤ ``TINY_STEP_COST`` row·parameter products
+    per chain (``step_cap``; the driver also pools the burn-in's ε estimate for these,
+    ``stepsize.adapt_burnin``)."""
+    return int(batch_size) * int(dim) <= TINY_STEP_COST
+
+
 def step_cap(batch_size: int, dim: int) -> tuple[int, str]:
     """(most steps per chain a default run may take, why): ``TINY_MAX_STEPS`` when a step's gradient
     is tiny (batch_size·d ≤ ``TINY_STEP_COST`` per chain), ``MAX_STEPS`` otherwise.
@@ -58,7 +65,7 @@ def step_cap(batch_size: int, dim: int) -> tuple[int, str]:
     unchanged.
     """
     cost = int(batch_size) * int(dim)
-    if cost <= TINY_STEP_COST:
+    if is_tiny(batch_size, dim):
         return TINY_MAX_STEPS, (
             f"tiny model: batch·d = {cost} ≤ {TINY_STEP_COST}, step cap {TINY_MAX_STEPS:.3g}"
         )
