@@ -7,7 +7,9 @@ The numbers are the session-6 measurements (``docs/validation.md``): on the cros
 y = x·w1·w2² at n = 1000 (γ = 0.145, ε adapted to 3.6e-5, batch 256) the slowest relaxation
 2/(εγ) is 3.8·10⁵ steps, so the old cap (thin 125) left the draws ≈ 0.3 relaxation times long
 (R-hat 1.22, ESS 15). An RRR 3-3-3 (d = 18, batch 256) must get exactly the old thinning: the
-RRR/DLN validation rows rely on it. Runtime ≈ 3 s (one 2-chain run of a 2-parameter regression).
+RRR/DLN validation rows rely on it. Tiny models also freeze the burn-in's ε at the pooled estimate
+of the adaptation windows (``stepsize.pooled_step_size``). Runtime: 32 s at load 18 on the shared
+2-core box, almost all of it compiling one 2-chain run of a 2-parameter regression.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from slt_ppl.sampling.defaults import (
     TINY_MAX_STEPS,
     TINY_STEP_COST,
     auto_thin,
+    is_tiny,
     step_cap,
 )
+from slt_ppl.sampling.stepsize import pooled_step_size
 
 DRAWS, CHAINS = 1000, 4
 
@@ -51,6 +55,23 @@ def test_auto_thin_gives_the_crossing_the_larger_budget_and_rrr_the_old_one():
     # a backend's own cap (torch: 20 000 steps) still wins
     thin, why = auto_thin(crossing, 3.6e-5, 256, CHAINS, DRAWS, max_steps=20_000)
     assert thin == 10 and "tiny" not in why
+
+
+def test_pooled_step_size_averages_the_windows_not_the_last_one():
+    """The heating is linear in ε: windows with heat_k/ε_k = 100, 300 and λ̂_k = 0.2, 0.2 give
+    ε = 0.015·0.4/400 = 1.5e-5 whatever the last window's rescaling said; the first window (from
+    the stage-1 ε) is left out, and a diverged window caps ε at half its step."""
+    windows = [
+        {"step_size": 1e-3, "llc": 0.9, "heating": 1.0},  # left out
+        {"step_size": 1e-5, "llc": 0.2, "heating": 1e-3},
+        {"step_size": 2e-5, "llc": 0.2, "heating": 6e-3},
+    ]
+    record = {"target_relative_heating": 0.015, "windows": windows}
+    assert pooled_step_size(record, fallback=7e-6) == pytest.approx(1.5e-5)
+    capped = {**record, "windows": [*windows, {"step_size": 2e-5, "diverged": 1.0}]}
+    assert pooled_step_size(capped, fallback=7e-6) == pytest.approx(1e-5)
+    assert pooled_step_size({**record, "windows": windows[:2]}, fallback=7e-6) == 7e-6
+    assert is_tiny(256, 2) and not is_tiny(256, 18)
 
 
 def test_the_choice_is_in_the_attrs():
