@@ -56,13 +56,15 @@ def step_cap(batch_size: int, dim: int) -> tuple[int, str]:
     is tiny (batch_size·d ≤ ``TINY_STEP_COST`` per chain), ``MAX_STEPS`` otherwise.
 
     Why: on the crossings y = x·w1^p1·w2^p2 (d = 2, batch 256, n = 1000) the slowest relaxation
-    2/(εγ) is 1.6–2.8·10⁵ steps, so ``MAX_STEPS`` left the draws ≈ 0.6 relaxation times long
-    (R-hat 1.06–1.22, ESS 15–67: unhealthy, though accurate); a step costs ≈ 20 µs for 4 chains
-    on the shared 2-core box whatever batch·d is at this size, so 10× the steps cost ≈ +60 s.
+    2/(εγ) is 1.6–3·10⁵ steps, so ``MAX_STEPS`` left the draws 0.3–0.6 relaxation times long
+    (R-hat 1.06–1.22, ESS 15–67: unhealthy, though accurate); 10⁶ was not enough (healthy, but
+    0.010 ± 0.029 for an exact 0.104), 2.5·10⁶ passed (docs/validation.md, session 6). A step
+    costs its overhead there (4 chains, d = 2, load 9–10 on the shared 2-core box: 34 µs at batch
+    256, 23 µs at batch 1000), so a default run went from 30–45 s to 2–5 min at load 10–30.
     Full-batch SGLD was measured as well and mixed no better (its tuned ε was no larger: the
     Laplacian, not the minibatch noise, sets the heating there). Every RRR (d ≥ 18, batch 256:
-    ≥ 4 608) and DLN of the validation suites stays above the threshold, so their runs are
-    unchanged.
+    ≥ 4 608), DLN (d = 33) and the 3-unit tanh (d = 6) of the validation suites stay above the
+    threshold, so their runs are unchanged.
     """
     cost = int(batch_size) * int(dim)
     if is_tiny(batch_size, dim):
