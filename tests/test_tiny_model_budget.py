@@ -4,9 +4,9 @@ chain, every other model keeps ``MAX_STEPS`` (``slt_ppl.sampling.defaults.step_c
 in the result's attrs.
 
 The numbers are the session-6 measurements (``docs/validation.md``): on the crossing
-y = x·w1·w2² at n = 1000 (γ = 0.145, ε adapted to 3.6e-5, batch 256) the slowest relaxation
-2/(εγ) is 3.8·10⁵ steps, so the old cap (thin 125) left the draws ≈ 0.3 relaxation times long
-(R-hat 1.22, ESS 15). An RRR 3-3-3 (d = 18, batch 256) must get exactly the old thinning: the
+y = x·w1·w2² at n = 1000 (ε adapted to 3.7e-5, batch 256) the slowest relaxation 2/(εγ) is
+2.8·10⁵ steps, so the old cap (thin 125) left the draws ≈ 0.45 relaxation times long (R-hat 1.22,
+ESS 15: unhealthy); thin 1250 passed. An RRR 3-3-3 (d = 18, batch 256) must get exactly the old thinning: the
 RRR/DLN validation rows rely on it. Tiny models also freeze the burn-in's ε at the pooled estimate
 of the adaptation windows (``stepsize.pooled_step_size``). Runtime: 32 s at load 18 on the shared
 2-core box, almost all of it compiling one 2-chain run of a 2-parameter regression.
