@@ -56,7 +56,7 @@ def step_cap(batch_size: int, dim: int) -> tuple[int, str]:
     is tiny (batch_size·d ≤ ``TINY_STEP_COST`` per chain), ``MAX_STEPS`` otherwise.
 
     Why: on the crossings y = x·w1^p1·w2^p2 (d = 2, batch 256, n = 1000) the slowest relaxation
-    2/(εγ) is 1.6–3·10⁵ steps, so ``MAX_STEPS`` left the draws 0.3–0.6 relaxation times long
+    2/(εγ) is 1.6–3·10⁵ steps, so ``MAX_STEPS`` left the draws 0.4–0.8 relaxation times long
     (R-hat 1.06–1.22, ESS 15–67: unhealthy, though accurate); 10⁶ was not enough (healthy, but
     0.010 ± 0.029 for an exact 0.104), 2.5·10⁶ passed (docs/validation.md, session 6). A step
     costs its overhead there (4 chains, d = 2, load 9–10 on the shared 2-core box: 34 µs at batch
