@@ -8,8 +8,8 @@ y = x·w1·w2² at n = 1000 (ε adapted to 3.7e-5, batch 256) the slowest relaxa
 2.8·10⁵ steps, so the old cap (thin 125) left the draws ≈ 0.45 relaxation times long (R-hat 1.22,
 ESS 15: unhealthy); thin 1250 passed. An RRR 3-3-3 (d = 18, batch 256) must get exactly the old thinning: the
 RRR/DLN validation rows rely on it. Tiny models also freeze the burn-in's ε at the pooled estimate
-of the adaptation windows (``stepsize.pooled_step_size``). Runtime: 32 s at load 18 on the shared
-2-core box, almost all of it compiling one 2-chain run of a 2-parameter regression.
+of the adaptation windows (``stepsize.pooled_step_size``). Runtime: 5 s at load 1 (2.3 s the one
+2-chain run of a 2-parameter regression, mostly compiling; 32 s at load 18).
 """
 
 from __future__ import annotations
