@@ -38,6 +38,40 @@ def choose_kernel(posterior: Any, kernel: Any, batch_size: int | None) -> tuple[
 WORK_BUDGET = 2e10  # row·parameter gradient evaluations a default run may spend on thinning
 MAX_STEPS = 250_000  # and at most this many steps per chain (per-step overhead of tiny models)
 RELAXATIONS = 10  # recorded draws should span this many relaxation times of the slowest mode
+# Tiny models: a step whose minibatch gradient is at most TINY_STEP_COST row·parameter products per
+# chain costs its fixed overhead, not its FLOPs, so these get TINY_MAX_STEPS (``step_cap``).
+TINY_STEP_COST = 1024
+TINY_MAX_STEPS = 2_500_000
+
+
+def is_tiny(batch_size: int, dim: int) -> bool:
+    """Whether a step's gradient is tiny: batch_size·d ≤ ``TINY_STEP_COST`` row·parameter products
+    per chain (``step_cap``; the driver also pools the burn-in's ε estimate for these,
+    ``stepsize.adapt_burnin``)."""
+    return int(batch_size) * int(dim) <= TINY_STEP_COST
+
+
+def step_cap(batch_size: int, dim: int) -> tuple[int, str]:
+    """(most steps per chain a default run may take, why): ``TINY_MAX_STEPS`` when a step's gradient
+    is tiny (batch_size·d ≤ ``TINY_STEP_COST`` per chain), ``MAX_STEPS`` otherwise.
+
+    Why: on the crossings y = x·w1^p1·w2^p2 (d = 2, batch 256, n = 1000) the slowest relaxation
+    2/(εγ) is 1.6–3·10⁵ steps, so ``MAX_STEPS`` left the draws 0.4–0.8 relaxation times long
+    (R-hat 1.06–1.22, ESS 15–67: unhealthy, though accurate); 10⁶ was not enough (healthy, but
+    0.010 ± 0.029 for an exact 0.104), 2.5·10⁶ passed (docs/validation.md, session 6). A step
+    costs its overhead there (4 chains, d = 2, load 9–10 on the shared 2-core box: 34 µs at batch
+    256, 23 µs at batch 1000), so a default run went from 30–45 s to 2–5 min at load 10–30.
+    Full-batch SGLD was measured as well and mixed no better (its tuned ε was no larger: the
+    Laplacian, not the minibatch noise, sets the heating there). Every RRR (d ≥ 18, batch 256:
+    ≥ 4 608), DLN (d = 33) and the 3-unit tanh (d = 6) of the validation suites stay above the
+    threshold, so their runs are unchanged.
+    """
+    cost = int(batch_size) * int(dim)
+    if is_tiny(batch_size, dim):
+        return TINY_MAX_STEPS, (
+            f"tiny model: batch·d = {cost} ≤ {TINY_STEP_COST}, step cap {TINY_MAX_STEPS:.3g}"
+        )
+    return MAX_STEPS, f"step cap {MAX_STEPS:.3g}"
 
 
 def auto_thin(
@@ -47,7 +81,7 @@ def auto_thin(
     num_chains: int,
     num_draws: int,
     kernel_state: Any = None,
-    max_steps: int = MAX_STEPS,
+    max_steps: int | None = None,
     kernel_params: dict[str, Any] | None = None,
 ) -> tuple[int, str]:
     """Steps per recorded draw so that the draws span ``RELAXATIONS`` relaxation times of the slowest
@@ -62,8 +96,9 @@ def auto_thin(
     and damping δ of ``kernel_params``: the driver sets δ = √γ, ``preconditioners.localized_delta``,
     so G ≤ 1/√γ; the paper's 1e-5 overstated G 10⁵-fold at a singular center). The cost of a step
     is taken as batch_size·d per chain; the thinning is capped so that burn-in plus draws (2·thin·
-    num_draws steps) stay within ``WORK_BUDGET``, and is never below 1 (large models keep the run
-    length the user asked for).
+    num_draws steps) stay within ``WORK_BUDGET`` and ``max_steps`` per chain (None: ``step_cap``,
+    which gives tiny models more steps), and is never below 1 (large models keep the run length
+    the user asked for).
     """
     import math
 
@@ -73,12 +108,16 @@ def auto_thin(
         tau = math.inf
     else:
         tau = 2.0 / (eps * gamma)
+    if max_steps is None:
+        max_steps, cap_reason = step_cap(batch_size, int(posterior.dim))
+    else:
+        cap_reason = f"step cap {max_steps:.3g}"
     cost = float(batch_size) * float(posterior.dim) * float(num_chains)
     thin_max = max(1, int(min(WORK_BUDGET / cost, max_steps) / (2.0 * num_draws)))
     wanted = math.inf if not math.isfinite(tau) else math.ceil(RELAXATIONS * tau / num_draws)
     thin = int(max(1, min(wanted, thin_max)))
     capped = " (capped by the work budget)" if wanted > thin_max else ""
-    return thin, f"thin {thin}: slowest relaxation 2/(εγ) = {tau:.3g} steps{capped}"
+    return thin, f"thin {thin}: slowest relaxation 2/(εγ) = {tau:.3g} steps{capped}; {cap_reason}"
 
 
 def median_preconditioner(kernel_state: Any, params: dict[str, Any]) -> float:

@@ -38,9 +38,9 @@ from slt_ppl.kernels.preconditioners import localized_delta, pool_chains
 from slt_ppl.sampling.checkpoint import checkpoint_path, load_for_resume
 from slt_ppl.sampling.defaults import (
     DEFAULT_BATCH_SIZE,
-    MAX_STEPS,
     auto_thin,
     choose_kernel,
+    is_tiny,
     median_preconditioner,
 )
 from slt_ppl.sampling.loop import DrawRecord
@@ -143,7 +143,7 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
                 )
     setup, s, step_size = _run_length(
         posterior, setup, s, step_size, tuning, tune_keys,
-        getattr(backend, "max_auto_steps", MAX_STEPS),
+        getattr(backend, "max_auto_steps", None),
     )  # fmt: skip
     stream = _open_stream(posterior, s, len(setup.chain_index))
     compile_before = setup.runner.stats.get("compile_time_s", 0.0)
@@ -268,12 +268,13 @@ def _run_length(
     step_size: float,
     tuning: dict[str, Any],
     tune_keys: tuple[Any, Any],
-    max_steps: int = MAX_STEPS,
+    max_steps: int | None = None,
 ) -> tuple[Setup, RunSettings, float]:
     """Resolve ``thin`` and the default burn-in once ε is known: ``thin=None`` is chosen by
     ``defaults.auto_thin`` (recorded in the tuning record, so a resumed run reuses it); when it
     thins and ε was adapted along the chains, the burn-in adapts ε again on the thinned chains
-    (``stepsize.adapt_burnin``) and the default burn-in is then a quarter of num_draws·thin."""
+    (``stepsize.adapt_burnin``; for tiny models, ``defaults.is_tiny``, its final ε is the pooled
+    estimate of all windows) and the default burn-in is then a quarter of num_draws·thin."""
     thin, burnin_adapted = s.thin, False
     if thin is None:
         if "thin" not in tuning:
@@ -284,8 +285,9 @@ def _run_length(
             adapted = tuning.get("windows") or tuning.get("along_chains")
             if adapted and (tuning["thin"] > 1 or "preconditioner" in tuning):
                 runner = setup.runner.for_tuning().with_thin(int(tuning["thin"]))
+                tiny = max_steps is None and is_tiny(setup.batch, int(posterior.dim))
                 step_size, tuning["burnin_adaptation"], state = adapt_burnin(
-                    runner, setup.state, *tune_keys, step_size, s.num_draws
+                    runner, setup.state, *tune_keys, step_size, s.num_draws, pooled=tiny
                 )
                 tuning["chosen"] = step_size
                 setup = setup._replace(state=state)

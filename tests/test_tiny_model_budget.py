@@ -1,0 +1,88 @@
+"""The step budget of automatic thinning: tiny models (a step's gradient ≤ 1024 row·parameter
+products per chain, where a step costs its fixed overhead) may take ``TINY_MAX_STEPS`` steps per
+chain, every other model keeps ``MAX_STEPS`` (``slt_ppl.sampling.defaults.step_cap``); the choice is
+in the result's attrs.
+
+The numbers are the session-6 measurements (``docs/validation.md``): on the crossing
+y = x·w1·w2² at n = 1000 (ε adapted to 3.7e-5, batch 256) the slowest relaxation 2/(εγ) is
+2.8·10⁵ steps, so the old cap (thin 125) left the draws ≈ 0.45 relaxation times long (R-hat 1.22,
+ESS 15: unhealthy); thin 1250 passed. An RRR 3-3-3 (d = 18, batch 256) must get exactly the old thinning: the
+RRR/DLN validation rows rely on it. Tiny models also freeze the burn-in's ε at the pooled estimate
+of the adaptation windows (``stepsize.pooled_step_size``). Runtime: 5 s at load 1 (2.3 s the one
+2-chain run of a 2-parameter regression, mostly compiling; 32 s at load 18).
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from _reliability_models import regression_problem
+
+import slt_ppl
+from slt_ppl.sampling.defaults import (
+    MAX_STEPS,
+    TINY_MAX_STEPS,
+    TINY_STEP_COST,
+    auto_thin,
+    is_tiny,
+    step_cap,
+)
+from slt_ppl.sampling.stepsize import pooled_step_size
+
+DRAWS, CHAINS = 1000, 4
+
+
+def test_step_cap_is_larger_only_for_tiny_steps():
+    assert step_cap(256, 2)[0] == TINY_MAX_STEPS  # the crossings and tanh 1 unit (batch·d = 512)
+    assert step_cap(TINY_STEP_COST, 1)[0] == TINY_MAX_STEPS
+    assert step_cap(TINY_STEP_COST + 1, 1)[0] == MAX_STEPS
+    for dim in (6, 18, 30, 33):  # tanh 3 units, RRR 3-3-3 / 5-3-5, DLN 4-3-3-4
+        assert step_cap(256, dim)[0] == MAX_STEPS
+    assert "tiny model" in step_cap(256, 2)[1] and "tiny" not in step_cap(256, 18)[1]
+
+
+def test_auto_thin_gives_the_crossing_the_larger_budget_and_rrr_the_old_one():
+    crossing = SimpleNamespace(gamma=0.145, dim=2)
+    thin, why = auto_thin(crossing, 3.6e-5, 256, CHAINS, DRAWS)
+    assert thin == TINY_MAX_STEPS // (2 * DRAWS) == 1250  # was 125
+    assert "capped by the work budget" in why and "tiny model: batch·d = 512" in why
+    rrr = SimpleNamespace(gamma=0.12, dim=18)
+    thin, why = auto_thin(rrr, 2e-6, 256, CHAINS, DRAWS)
+    assert thin == MAX_STEPS // (2 * DRAWS) == 125  # unchanged
+    assert "tiny" not in why
+    # a backend's own cap (torch: 20 000 steps) still wins
+    thin, why = auto_thin(crossing, 3.6e-5, 256, CHAINS, DRAWS, max_steps=20_000)
+    assert thin == 10 and "tiny" not in why
+
+
+def test_pooled_step_size_averages_the_windows_not_the_last_one():
+    """The heating is linear in ε: windows with heat_k/ε_k = 100, 300 and λ̂_k = 0.2, 0.2 give
+    ε = 0.015·0.4/400 = 1.5e-5 whatever the last window's rescaling said; the first window (from
+    the stage-1 ε) is left out, and a diverged window caps ε at half its step."""
+    windows = [
+        {"step_size": 1e-3, "llc": 0.9, "heating": 1.0},  # left out
+        {"step_size": 1e-5, "llc": 0.2, "heating": 1e-3},
+        {"step_size": 2e-5, "llc": 0.2, "heating": 6e-3},
+    ]
+    record = {"target_relative_heating": 0.015, "windows": windows}
+    assert pooled_step_size(record, fallback=7e-6) == pytest.approx(1.5e-5)
+    capped = {**record, "windows": [*windows, {"step_size": 2e-5, "diverged": 1.0}]}
+    assert pooled_step_size(capped, fallback=7e-6) == pytest.approx(1e-5)
+    assert pooled_step_size({**record, "windows": windows[:2]}, fallback=7e-6) == 7e-6
+    assert is_tiny(256, 2) and not is_tiny(256, 18)
+
+
+def test_the_choice_is_in_the_attrs():
+    model, data, center = regression_problem(n=200, d=2)  # batch·d = 400: tiny
+    post = slt_ppl.localize(model, data, center, gamma=200.0)  # 2/(εγ) = 10 steps: thin 1
+    res = slt_ppl.sample(post, step_size=1e-3, num_chains=2, num_draws=100, progress=False)
+    tuning = json.loads(res.attrs["step_size_tuning"])
+    assert res.attrs["thin"] == tuning["thin"] == 1
+    assert "tiny model: batch·d = 400" in tuning["thin_reason"]
+    assert f"step cap {TINY_MAX_STEPS:.3g}" in tuning["thin_reason"]
+
+
+if __name__ == "__main__":
+    pytest.main([__file__, "-q"])
