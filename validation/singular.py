@@ -217,7 +217,7 @@ def run_two_temperature(post: Any, theory: float, seed: int, progress: bool) -> 
     """λ̂₂ with ``sample(..., temperatures=(1, 2))`` (seam 3); ``skipped`` names why if the sampler
     or the estimator does not offer it yet."""
     out = {"llc2": math.nan, "llc2_se": math.nan, "llc2_rel_err": math.nan, "llc2_passed": -1,
-           "llc2_skipped": ""}  # fmt: skip
+           "llc2_skipped": "", "llc2_healthy": -1}  # fmt: skip
     try:
         res = slt_ppl.sample(post, seed=seed, progress=progress, temperatures=TEMPERATURES)
     except TypeError as err:
@@ -235,7 +235,11 @@ def run_two_temperature(post: Any, theory: float, seed: int, progress: bool) -> 
     se_name = "llc_two_temperature_se"
     out.update(llc2=value, llc2_se=float(est[se_name]) if se_name in est else math.nan)
     out["llc2_rel_err"] = (value - theory) / theory
-    out["llc2_passed"] = int(bool(abs(out["llc2_rel_err"]) <= TWO_TEMPERATURE_REL))
+    # the run's own verdict (R-hat/ESS/bias/relaxation at every temperature): a λ̂₂ off by more
+    # than 10 % from an unhealthy run is flagged, not wrong-and-healthy; it still does not pass
+    out["llc2_healthy"] = int(est.attrs.get("healthy", 0))
+    within = bool(abs(out["llc2_rel_err"]) <= TWO_TEMPERATURE_REL)
+    out["llc2_passed"] = int(within and out["llc2_healthy"] == 1)
     return out
 
 
@@ -310,7 +314,7 @@ def _target_meets_two_temperature(exact_two: float, theory: float) -> bool:
 
 def _two_columns(two: dict[str, Any]) -> dict[str, Any]:
     blank = {"llc2": math.nan, "llc2_se": math.nan, "llc2_rel_err": math.nan, "llc2_passed": -1,
-             "llc2_skipped": ""}  # fmt: skip
+             "llc2_skipped": "", "llc2_healthy": -1}  # fmt: skip
     return {**blank, **two}
 
 
@@ -320,7 +324,8 @@ def _line(row: dict[str, Any]) -> str:
             f"{row['theory']:.3f}, z = {row['z']:+.1f}, healthy {row['healthy']}, "
             f"{'PASS' if row['passed'] else 'FAIL'}")  # fmt: skip
     if np.isfinite(row["llc2"]):
-        text += f"; λ̂₂ = {row['llc2']:.3f} ({row['llc2_rel_err']:+.0%} from theory)"
+        text += f"; λ̂₂ = {row['llc2']:.3f} ({row['llc2_rel_err']:+.0%} from theory"
+        text += ", unhealthy)" if row["llc2_healthy"] == 0 else ")"
     return text
 
 
@@ -367,6 +372,8 @@ def markdown_table(ds: xr.Dataset) -> str:
         r = {k: ds[k].values[i].item() for k in ds.data_vars}
         two = (f"{r['llc2']:.3f} ({r['llc2_rel_err']:+.0%})" if np.isfinite(r["llc2"])
                else (r["llc2_skipped"] or "–"))  # fmt: skip
+        if r.get("llc2_healthy") == 0:
+            two += ", unhealthy"
         theory = f"{r['theory']:.3f}" if np.isfinite(r["theory"]) else "NaN (no closed form)"
         lines.append(
             f"| {r['case']} | {r['kernel']} | {r['llc']:.3f} ± {r['llc_se']:.3f} | "
