@@ -240,6 +240,33 @@ def test_auto_step_size_uses_the_shared_tuner():
     assert tuning["chosen"] == res.attrs["step_size"] > 0 and "caps_at_center" in tuning
 
 
+def test_each_temperature_steps_at_eps_over_factor_torch():
+    """Torch twin of test_two_temperature's rule test: the factor-2 chains of a ``temperatures``
+    run are the single-temperature chains at nβ·2 and ε/2 (per-chain ε as a (C, 1) tensor in the
+    kernels); equal up to float32 rounding of ε/2 (1e-6 relative). (~2 s)"""
+    import dataclasses
+
+    post = torch_posterior("module")
+    kw = dict(kernel="sgld", num_chains=2, num_draws=40, num_burnin=0, thin=2, batch_size=40,
+              progress=False, seed=3, init_jitter=0.1)  # fmt: skip
+    both = slt_ppl.sample(post, step_size=1e-4, temperatures=(1.0, 2.0), **kw)
+    cold = slt_ppl.sample(dataclasses.replace(post, nbeta=post.nbeta * 2.0), step_size=5e-5, **kw)
+    a = both["sample_stats"]["loss"].sel(temperature=2.0).values
+    b = cold["sample_stats"]["loss"].values
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(np.abs(b).max()))
+    assert not np.allclose(a, both["sample_stats"]["loss"].sel(temperature=1.0).values)
+
+
+def test_rmsprop_without_burnin_is_finite_torch():
+    """rmsprop_sgld with num_burnin=0 freezes its preconditioner before the first update
+    (freeze_after = 0): V̂ must be 0 there (G = 1/δ, as in JAX), not 0/0 — every chain used to
+    come back NaN, "diverged at step 0". (~1 s)"""
+    res = slt_ppl.sample(torch_posterior("module"), kernel="rmsprop_sgld", step_size=1e-9,
+                         num_chains=2, num_draws=5, num_burnin=0, thin=1, batch_size=40,
+                         progress=False)  # fmt: skip
+    assert np.isfinite(res["sample_stats"]["loss"].values).all()
+
+
 @pytest.mark.parametrize("per_chain", [False, True])
 def test_batched_gradient_equals_per_chain_gradients(posterior, per_chain):
     """The step's gradient (forward vmapped over chains, one autograd pass of the chain sum:

@@ -10,6 +10,10 @@ import xarray as xr
 
 from slt_ppl.errors import DivergenceError, DivergenceWarning, ResultError
 
+# attrs["temperature_step_rule"] of multi-temperature runs whose chain at factor f steps at ε/f
+# (``sampling.temperatures``); attrs["step_size"] is then ε, the step size of factor 1
+STEP_RULE = "step_size / factor"
+
 METHODS = ("paired", "unpaired")
 TEMPERATURE = "temperature"
 FULL_BATCH_KERNELS = ("mala", "hmc", "nuts")
@@ -87,17 +91,24 @@ def healthy_chains(stats: xr.Dataset, warn: bool = True) -> tuple[xr.DataArray, 
 def temperature_slices(stats: xr.Dataset, attrs: dict) -> list[tuple[xr.Dataset, dict]]:
     """One (sample_stats, attrs) pair per temperature factor of a multi-temperature result (seam 3:
     dims temperature, chain, draw; coordinate temperature = the factors; attrs nbeta = base nβ),
-    each with attrs ``nbeta`` = base nβ·factor and ``temperature_factor`` set."""
+    each with attrs ``nbeta`` = base nβ·factor and ``temperature_factor`` set, and ``step_size`` =
+    the temperature's own ε/factor when the run stepped so (``sampling.temperatures.STEP_RULE``;
+    earlier results used one ε for every temperature)."""
     factors = np.asarray(stats[TEMPERATURE].values, np.float64)
     if factors.ndim != 1 or not np.all(np.isfinite(factors) & (factors > 0)):
         raise ResultError(
             f"the result's temperature coordinate must hold positive finite factors, got {factors}"
         )
     base = float(attrs["nbeta"])
-    return [
-        (stats.isel({TEMPERATURE: i}), {**attrs, "nbeta": base * f, "temperature_factor": f})
-        for i, f in enumerate(factors)
-    ]
+    per_temperature = attrs.get("temperature_step_rule") == STEP_RULE and "step_size" in attrs
+
+    def attrs_at(f: float) -> dict:
+        out = {**attrs, "nbeta": base * f, "temperature_factor": f}
+        if per_temperature:
+            out["step_size"] = float(attrs["step_size"]) / f
+        return out
+
+    return [(stats.isel({TEMPERATURE: i}), attrs_at(f)) for i, f in enumerate(factors)]
 
 
 def is_minibatch(attrs: dict) -> bool:

@@ -47,7 +47,8 @@ def mala() -> TorchKernel:
         u_new, _, g_new = vg(proposal)
         fwd = proposal - w + 0.5 * step_size * g
         bwd = w - proposal + 0.5 * step_size * g_new
-        log_a = u - u_new + (torch.sum(fwd**2, -1) - torch.sum(bwd**2, -1)) / (2.0 * step_size)
+        per_chain = step_size.reshape(-1) if isinstance(step_size, Tensor) else step_size
+        log_a = u - u_new + (torch.sum(fwd**2, -1) - torch.sum(bwd**2, -1)) / (2.0 * per_chain)
         log_a = torch.where(torch.isnan(log_a), -torch.inf, log_a)
         acceptance = torch.exp(torch.clamp(log_a, max=0.0))
         accept = uniform(gen, u) < acceptance

@@ -39,7 +39,7 @@ def leapfrog_log_acceptance(
     """Per chain log A = −ΔH of the step's velocity-Verlet part on the same minibatch (see the
     JAX ``leapfrog_log_acceptance``): p₀ = p_half + (h/2)∇U(w), p₁ = p_half − (h/2)∇U(w'),
     ΔH = U(w') − U(w) + (|p₁|² − |p₀|²)/2."""
-    h = math.sqrt(step_size)
+    h = step_size**0.5  # a float, or (C, 1) per-chain (temperatures)
     p_half = new_state.momentum
     p_start = p_half + 0.5 * h * info.grad
     potential_new, _, grad_new = vg(new_state.position)
@@ -69,7 +69,7 @@ def _momentum_kernel(name: str, friction: float, start: float, rate: float) -> T
         gen: torch.Generator, state: MomentumState, vg: ValueAndGrad, step_size: float
     ) -> tuple[MomentumState, StepInfo]:
         potential, loss, grad = vg(state.position)
-        h = math.sqrt(step_size)
+        h = step_size**0.5  # a float, or (C, 1) per-chain (temperatures)
         damping = 1.0 - friction if rate == 0.0 else torch.exp(-state.thermostat)[:, None]
         momentum = _obabo(gen, state.momentum, grad, h, damping, noise_scale)
         position = state.position + h * momentum

@@ -46,8 +46,11 @@ def sgld(
         noise = normal(gen, grad)
         if alpha is None:  # plain SGLD: G = 1, no preconditioner arithmetic on the hot path
             g_diag = torch.ones_like(grad)
-            position = torch.add(state.position, grad, alpha=-0.5 * step_size)
-            position.add_(noise, alpha=step_size**0.5)
+            if isinstance(step_size, Tensor):  # per-chain ε, shape (C, 1) (temperatures)
+                position = state.position - 0.5 * step_size * grad + step_size**0.5 * noise
+            else:
+                position = torch.add(state.position, grad, alpha=-0.5 * step_size)
+                position.add_(noise, alpha=step_size**0.5)
         else:
             live = (
                 (count < freeze_after)
@@ -56,7 +59,12 @@ def sgld(
             )
             v = torch.where(live[:, None], alpha * v + (1.0 - alpha) * grad**2, v)
             count = torch.where(live, count + 1.0, count)
-            v_hat = v / (1.0 - alpha ** count[:, None])
+            # V̂ = V/(1 − α^t), 0 before the first update (freeze_after = 0, i.e. no burn-in:
+            # G = 1/δ as in the JAX ``preconditioners._rms_diagonal``; 0/0 made every chain NaN)
+            seen = count[:, None] > 0
+            v_hat = torch.where(
+                seen, v / torch.where(seen, 1.0 - alpha ** count[:, None], 1.0), 0.0
+            )
             g_diag = 1.0 / (torch.sqrt(v_hat) + delta)
             position = (
                 state.position

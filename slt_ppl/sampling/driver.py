@@ -50,7 +50,12 @@ from slt_ppl.sampling.program_key import forget_loss_digests
 from slt_ppl.sampling.recovery import run_with_recovery
 from slt_ppl.sampling.result import build_result
 from slt_ppl.sampling.stepsize import adapt_burnin, tune_step_size, warn_minibatch_heating
-from slt_ppl.sampling.temperatures import chain_factors, check_temperatures, split_temperatures
+from slt_ppl.sampling.temperatures import (
+    STEP_RULE,
+    chain_factors,
+    check_temperatures,
+    split_temperatures,
+)
 
 #: key streams: 0 chains (and their jitter), 1 shared minibatches, 2 the step-size tuner
 CHAIN_STREAM, TUNING_STREAM = 0, 2
@@ -278,8 +283,9 @@ def _run_length(
     thin, burnin_adapted = s.thin, False
     if thin is None:
         if "thin" not in tuning:
+            coldest = 1.0 if setup.factors is None else max(setup.factors)  # its ε is ε/f
             tuning["thin"], tuning["thin_reason"] = auto_thin(
-                posterior, step_size, setup.batch, len(setup.chain_index), s.num_draws,
+                posterior, step_size / coldest, setup.batch, len(setup.chain_index), s.num_draws,
                 setup.state.kernel_state, max_steps=max_steps, kernel_params=setup.kernel.params,
             )  # fmt: skip
             adapted = tuning.get("windows") or tuning.get("along_chains")
@@ -404,4 +410,5 @@ def _run_attrs(
         "seed": int(s.seed),
         "slt_ppl_version": __version__,
         "explode": float(s.divergence.explode),
+        **({} if s.temperatures is None else {"temperature_step_rule": STEP_RULE}),
     }

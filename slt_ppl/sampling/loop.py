@@ -571,8 +571,9 @@ class SegmentRunner:
             def one_chain(state, chain_key, batch_key, factor):
                 draws = start + jnp.arange(num_draws)
                 chain_ctx = ctx._replace(post=_tempered(ctx.post, factor))
+                eps = chain_step_size(step_size, factor)
                 return jax.lax.scan(
-                    lambda s, i: self._draw(chain_ctx, chain_key, batch_key, step_size, s, i),
+                    lambda s, i: self._draw(chain_ctx, chain_key, batch_key, eps, s, i),
                     state,
                     draws,
                 )
@@ -643,6 +644,12 @@ def concat_records(pieces: list[DrawRecord]) -> DrawRecord:
     observed = pieces[0].observed or {}
     joined = {n: np.concatenate([p.observed[n] for p in pieces], axis=1) for n in observed}
     return DrawRecord(**fields, observed=joined)
+
+
+def chain_step_size(step_size: Any, factor: Any) -> Any:
+    """ε/f: the step size of a chain at nβ·f (``sampling.temperatures``, per-temperature step
+    sizes); ``step_size`` itself when ``factor`` is None."""
+    return step_size if factor is None else step_size / factor
 
 
 def _tempered(post: LocalPosterior, factor: Any) -> LocalPosterior:

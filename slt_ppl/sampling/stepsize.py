@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slt_ppl.compile_cache import keyed_program
+from slt_ppl.estimators._common import STEP_RULE
 from slt_ppl.estimators.bias import noise_factor
 from slt_ppl.posterior import LocalPosterior
 from slt_ppl.sampling.loop import ChainState, SegmentRunner
@@ -290,11 +291,12 @@ def _tune_by_acceptance(
 
 
 def heating_per_chain(
-    rec: Any, step_size: float, nbeta: np.ndarray, kernel: Any
+    rec: Any, step_size: float | np.ndarray, nbeta: np.ndarray, kernel: Any
 ) -> tuple[np.ndarray, np.ndarray]:
     """(first-order heating of λ̂, λ̂) per chain from one window's records (seam 5):
 
-    heat = (ε/8)·(mean laplacian + ν·mean grad_noise), ν = 1 for SGLD-type kernels and
+    heat = (ε_c/8)·(mean laplacian + ν·mean grad_noise) (ε_c: the chain's step size, ε/f_c at
+    temperature f_c), ν = 1 for SGLD-type kernels and
     the kernel's noise factor (``estimators.bias.noise_factor``: (2 − f)/f for SGHMC, 0 for SGNHT,
     whose thermostat absorbs gradient noise);
     λ̂ = nβ_c·mean(L_B(w_t) − L_B(w*)) over the window's second half.
@@ -358,7 +360,8 @@ def adapt_along_chains(
     exact = runner.kernel.proposal == "metropolis"
     factors = getattr(runner, "nbeta_factors", None)
     num_chains = _host(state.diverged_at).shape[0]
-    nbeta = post.nbeta * (np.ones(num_chains) if factors is None else _host(factors))
+    chain_factor = np.ones(num_chains) if factors is None else _host(factors)
+    nbeta = post.nbeta * chain_factor  # chain c steps at ε/f_c (``sampling.temperatures``)
     run = runner.build(window)
     eps = float(start_eps)
     history: list[dict[str, float]] = []
@@ -389,7 +392,7 @@ def adapt_along_chains(
             rel = 0.0
             factor = _acceptance_factor(mean_acc)
         else:
-            heat, lam = heating_per_chain(rec, eps, nbeta, runner.kernel)
+            heat, lam = heating_per_chain(rec, eps / chain_factor, nbeta, runner.kernel)
             rel = float(np.nanmean(heat)) / max(float(np.nanmean(lam)), min_lambda)
             factor = growth if not rel > 0 else min(growth, max(shrink, target / rel))
             if mean_acc < SG_BAND[0]:  # the MALA-acceptance diagnostic as a second guard
@@ -581,11 +584,7 @@ def warn_minibatch_heating(tree: Any, limit: float = 0.05) -> float:
     recorded = stats["grad_noise"].values
     if not np.isfinite(recorded).any():  # no diagnostic draw kept (very short runs): nothing to say
         return math.nan
-    noise = float(np.nanmean(recorded))
-    factors = stats["temperature"].values if "temperature" in stats.dims else np.ones(1)
-    diff = (stats["loss"] - stats["loss_center"]).values
-    lam = float(tree.attrs["nbeta"]) * float(np.nanmean(diff)) * float(np.mean(factors))
-    rel = eps / 8.0 * nu * noise / max(abs(lam), 1e-12)
+    rel, eps, noise, lam = max(_noise_heating_per_temperature(stats, tree.attrs, eps, nu))
     if math.isfinite(rel) and rel > limit:
         warnings.warn(
             f"minibatch gradient noise heats the chains: at step_size {eps:.3g} and batch_size "
@@ -595,4 +594,26 @@ def warn_minibatch_heating(tree: Any, limit: float = 0.05) -> float:
             HealthWarning,
             stacklevel=4,
         )
-    return rel
+    return rel if math.isfinite(rel) else math.nan
+
+
+def _noise_heating_per_temperature(
+    stats: Any, attrs: Any, eps: float, nu: float
+) -> list[tuple[float, float, float, float]]:
+    """(relative noise heating (ε_t/8)·ν·E[tr Σ_B]/λ̂_t, ε_t, E[tr Σ_B], λ̂_t) per temperature f_t
+    (one entry without a temperature dim): ε_t = ε/f_t when the run stepped so
+    (``estimators._common.STEP_RULE``), λ̂_t ≈ nβ·f_t·E[L_B(w_t) − L_B(w*)]."""
+    if "temperature" not in stats.dims:
+        slices = [(stats, 1.0)]
+    else:
+        slices = [(stats.isel(temperature=i), float(f)) for i, f in enumerate(stats.temperature)]
+    per_temperature = attrs.get("temperature_step_rule") == STEP_RULE
+    out = []
+    for part, f in slices:
+        eps_t = eps / f if per_temperature else eps
+        noise = float(np.nanmean(part["grad_noise"].values))
+        diff = (part["loss"] - part["loss_center"]).values
+        lam = float(attrs["nbeta"]) * f * float(np.nanmean(diff))
+        rel = eps_t / 8.0 * nu * noise / max(abs(lam), 1e-12)
+        out.append((rel if math.isfinite(rel) else -math.inf, eps_t, noise, lam))
+    return out

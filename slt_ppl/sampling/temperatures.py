@@ -7,6 +7,17 @@ per-chain argument of it, ``SegmentRunner.nbeta_factors``). Chain c uses the sam
 minibatches at every temperature (common random numbers): the chains of one index are coupled, so the
 per-draw difference of their losses, which the two-temperature estimator averages, is much less noisy
 than that of independent chains, and remains an exact Monte Carlo average per temperature.
+
+Step sizes: chain c steps at ε/f_c (``STEP_RULE``, ``sampling.loop.chain_step_size``), ε being the
+tuned or given step size. The first-order heating of λ̂_f = nβf·E_f[L_n − L_n(w*)] is
+Δλ̂_f = (ε_f/8)·(tr ∇²(nβfL) + ν·tr Σ_B(nβfL)) (``estimators.bias``). At ε_f = ε/f its Laplacian
+part, (ε/8)·tr ∇²(nβL), is the same relative heating at every temperature (each λ̂_f keeps the
+single-temperature guarantee), and its minibatch part shifts E_f[nL_n] by (ε/8)·ν·tr Σ_B(nβL)/β at
+every f, so it cancels in the two-temperature difference; λ̂₂ keeps the Laplacian part only. With one
+ε for all temperatures the tuner kept the coldest chains' heating at its target, which halved ε for
+the β chains at factors (1, 2): on the DLN 4-3-3-4 at rank 1 (n = 5000) ε fell from 7.3e-7 to
+3.4e-7, and under the step cap λ̂₂ read 16 % low, unmixed (docs/validation.md, session 6). Each
+temperature's checks (bias, relaxation) use its own ε_f (``estimators._common.temperature_slices``).
 """
 
 from __future__ import annotations
@@ -20,6 +31,9 @@ import numpy as np
 import xarray as xr
 
 from slt_ppl.errors import SettingError
+from slt_ppl.estimators._common import STEP_RULE
+
+__all__ = ["STEP_RULE", "chain_factors", "check_temperatures", "split_temperatures"]
 
 
 def check_temperatures(temperatures: Any) -> tuple[float, ...] | None:

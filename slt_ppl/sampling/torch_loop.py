@@ -419,6 +419,12 @@ class TorchSegmentRunner:
             state = self._commit(state, step.new_ks, step.finite, t0 + k)
         return state
 
+    def chain_step_sizes(self, step_size: float) -> float | Tensor:
+        """ε/f_c per chain as a (C, 1) tensor when the chains run at several temperatures
+        (``sampling.temperatures``), else ``step_size`` itself (the kernels' fast scalar path)."""
+        factors = self._fns.get("factors")
+        return step_size if factors is None else step_size / factors[:, None]
+
     def run(
         self, state: TorchChainState, chain_keys: Any, batch_keys: Any, step_size: float,
         start: int, num_draws: int, diag_every: int | None = None, observe_from: int = NEVER,
@@ -440,11 +446,10 @@ class TorchSegmentRunner:
             for name, shape in self.probes.shapes.items():
                 out[f"observe_{name}"] = torch.full((num_chains, len(keep), *shape), math.nan, **kw)
         streams = self._streams(chain_keys, batch_keys)
+        eps = self.chain_step_sizes(float(step_size))
         with torch.no_grad():
             for j in range(num_draws):
-                state = self._draw(
-                    state, streams, float(step_size), start + j, every, out, j, slots.get(j)
-                )
+                state = self._draw(state, streams, eps, start + j, every, out, j, slots.get(j))
         host = {k: v.cpu().numpy() for k, v in out.items()}
         names = self.probes.shapes if self.probes is not None else {}
         observed = {n: host.pop(f"observe_{n}") for n in names}
