@@ -283,10 +283,10 @@ def _run_length(
     thin, burnin_adapted = s.thin, False
     if thin is None:
         if "thin" not in tuning:
-            coldest = 1.0 if setup.factors is None else max(setup.factors)  # its ε is ε/f
             tuning["thin"], tuning["thin_reason"] = auto_thin(
-                posterior, step_size / coldest, setup.batch, len(setup.chain_index), s.num_draws,
+                posterior, step_size, setup.batch, len(setup.chain_index), s.num_draws,
                 setup.state.kernel_state, max_steps=max_steps, kernel_params=setup.kernel.params,
+                coldest=1.0 if setup.factors is None else max(setup.factors),
             )  # fmt: skip
             adapted = tuning.get("windows") or tuning.get("along_chains")
             if adapted and (tuning["thin"] > 1 or "preconditioner" in tuning):
