@@ -57,6 +57,22 @@ def test_auto_thin_gives_the_crossing_the_larger_budget_and_rrr_the_old_one():
     assert thin == 10 and "tiny" not in why
 
 
+def test_auto_thin_gives_the_coldest_temperature_its_relaxation():
+    """temperatures=(1, 2): the factor-2 chains step at ε/2, so τ = 2/(εγ) doubles and the step cap
+    doubles with it (the work budget, which counts all 2·C chains, still binds where it did)."""
+    dln = SimpleNamespace(gamma=1.13, dim=33)  # the DLN 4-3-3-4 r=1 of the singular suite
+    one, _ = auto_thin(dln, 7.3e-7, 256, CHAINS, DRAWS)
+    assert one == MAX_STEPS // (2 * DRAWS) == 125
+    two, why = auto_thin(dln, 7.3e-7, 256, 2 * CHAINS, DRAWS, coldest=2.0)
+    budget = int(2e10 / (256 * 33 * 2 * CHAINS) / (2 * DRAWS))
+    assert two == min(budget, 2 * MAX_STEPS // (2 * DRAWS)) == 147  # the work budget binds
+    assert "× 2" in why and f"{2 / (7.3e-7 / 2 * 1.13):.3g}" in why
+    small = SimpleNamespace(gamma=1.0, dim=2)  # far from every cap: τ alone sets thin
+    assert (
+        auto_thin(small, 0.1, 8, 2, 100, coldest=2.0)[0] == 2 * auto_thin(small, 0.1, 8, 2, 100)[0]
+    )
+
+
 def test_pooled_step_size_averages_the_windows_not_the_last_one():
     """The heating is linear in ε: windows with heat_k/ε_k = 100, 300 and λ̂_k = 0.2, 0.2 give
     ε = 0.015·0.4/400 = 1.5e-5 whatever the last window's rescaling said; the first window (from

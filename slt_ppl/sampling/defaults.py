@@ -105,8 +105,9 @@ def auto_thin(
     ε/f (``sampling.temperatures``), so τ is computed at ε/f and the step cap is f × the single-
     temperature cap, so that they relax as far as a single run's chains (the work budget, which
     counts every chain, is unchanged). At the single cap the DLN 4-3-3-4 at rank 1 (d = 33,
-    n = 5000; τ ≈ 2.3·10⁶ steps at ε/2) read λ̂₂ 4.93-5.28 for an exact 5.17 with two of three
-    seeds unhealthy (ESS 64; ‖w − w*‖² still rising) (session 7).
+    n = 5000; τ ≈ 4·10⁶ steps at ε/2, thin 125) read λ̂₂ 4.93-5.28 for an exact 5.17, two of three
+    seeds unhealthy (ESS 64; ‖w − w*‖² still rising); with it (thin 147, where the work budget
+    binds) 5.18-5.50, all three healthy, for 1.2-1.5× the wall time (session 7).
     """
     import math
 
