@@ -352,7 +352,9 @@ def adapt_along_chains(
     labelled healthy. At 1.5 % the same seed read 3.92 ± 0.11 (first-order heating 0.08 instead of
     0.19; the drop of λ̂, 0.13 on the same sampling keys, matches the estimate's 0.11).
     With several temperatures (``runner.nbeta_factors``, chain c at nβ·f_c stepping at ε/f_c) the
-    heating is measured on the first temperature's chains, whose λ̂ the result reports as ``llc``:
+    windows look at the first temperature's chains only (heating, λ̂, spread and acceptance; a
+    divergence in any chain still cuts ε), whose λ̂ the result reports as ``llc``, so they choose
+    the ε a single-temperature run with the same seed would:
     at ε/f the Laplacian part of the heating is the same at every temperature and the minibatch
     part, larger at f > 1, cancels in λ̂₂ (``sampling.temperatures``); every temperature's own
     heating is still checked by the verdict. Tuned on all chains, ε came out 15–35 % smaller on
@@ -370,6 +372,7 @@ def adapt_along_chains(
     chain_factor = np.ones(num_chains) if factors is None else _host(factors)
     nbeta = post.nbeta * chain_factor  # chain c steps at ε/f_c (``sampling.temperatures``)
     tuned = chain_factor == chain_factor[0]  # ε is tuned on the first temperature's chains
+    num_tuned = max(1, int(tuned.sum()))
     run = runner.build(window)
     eps = float(start_eps)
     history: list[dict[str, float]] = []
@@ -393,29 +396,29 @@ def adapt_along_chains(
             settled = 0
             continue
         state = new_state
-        acc = _host(rec.acceptance)
+        acc = _host(rec.acceptance)[tuned]
         mean_acc = float(np.nanmean(acc)) if np.isfinite(acc).any() else math.nan
         if exact:  # Metropolis-corrected: only the acceptance rate matters
-            heat, lam = np.zeros(num_chains), _window_llc(rec, nbeta)
+            heat, lam = np.zeros(num_tuned), _window_llc(rec, nbeta)[tuned]
             rel = 0.0
             factor = _acceptance_factor(mean_acc)
         else:
             heat, lam = heating_per_chain(rec, eps / chain_factor, nbeta, runner.kernel)
-            rel = float(np.nanmean(heat[tuned])) / max(float(np.nanmean(lam[tuned])), min_lambda)
+            heat, lam = heat[tuned], lam[tuned]
+            rel = float(np.nanmean(heat)) / max(float(np.nanmean(lam)), min_lambda)
             factor = growth if not rel > 0 else min(growth, max(shrink, target / rel))
             if mean_acc < SG_BAND[0]:  # the MALA-acceptance diagnostic as a second guard
                 factor = min(factor, 0.5)
         lam_mean = float(np.nanmean(lam))
-        lams.append((lam_mean, float(np.nanstd(lam)) / math.sqrt(max(1, num_chains))))
-        dist2 = np.nanmean(_host(rec.distance)[:, _host(rec.distance).shape[1] // 2 :] ** 2, axis=1)
-        spreads.append(
-            (float(np.nanmean(dist2)), float(np.nanstd(dist2)) / math.sqrt(max(1, num_chains)))
-        )
+        lams.append((lam_mean, float(np.nanstd(lam)) / math.sqrt(num_tuned)))
+        distance = _host(rec.distance)[tuned]
+        dist2 = np.nanmean(distance[:, distance.shape[1] // 2 :] ** 2, axis=1)
+        spreads.append((float(np.nanmean(dist2)), float(np.nanstd(dist2)) / math.sqrt(num_tuned)))
         history.append(
             {
                 "step_size": eps,
-                "llc": float(np.nanmean(lam[tuned])),
-                "heating": float(np.nanmean(heat[tuned])),
+                "llc": lam_mean,
+                "heating": float(np.nanmean(heat)),
                 "relative_heating": rel,
                 "acceptance": mean_acc,
             }
