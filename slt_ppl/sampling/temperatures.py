@@ -18,6 +18,12 @@ every f, so it cancels in the two-temperature difference; λ̂₂ keeps the Lapl
 the β chains at factors (1, 2): on the DLN 4-3-3-4 at rank 1 (n = 5000) ε fell from 7.3e-7 to
 3.4e-7, and under the step cap λ̂₂ read 16 % low, unmixed (docs/validation.md, session 6). Each
 temperature's checks (bias, relaxation) use its own ε_f (``estimators._common.temperature_slices``).
+
+Measured alternative (session 7): one ε for every temperature, tuned on the factor-1 chains only,
+keeps the colder chains as fast along the flat directions (no larger step budget needed) and cancels
+the Laplacian part instead, but leaves λ̂₂ the minibatch part twice, with the wrong sign: on the DLN
+above, seeds 0-2, λ̂₂ 4.96 / 4.94 / 4.67 (the factor-2 chains heated 2-7 %; mean 6 % below the exact
+5.17, 3.3 se), against 5.18 / 5.44 / 5.50 with ε/f.
 """
 
 from __future__ import annotations
