@@ -99,9 +99,9 @@ def sample(
             and center) in one program, coupled by common random numbers
             (``sampling.temperatures``); the result gains a ``temperature`` dim and
             :func:`slt_ppl.llc` the two-temperature estimate. The chains at factor f step at
-            ε/f, ε being ``step_size`` (given or tuned) at factor 1, so every temperature's
-            first-order heating of λ̂ is the same and the minibatch part cancels in λ̂₂
-            (attrs ``temperature_step_rule``).
+            ε/f, ε being ``step_size`` (given, or tuned on the factor-1 chains) at factor 1, so
+            every temperature has the same first-order discretization heating and the
+            minibatch part of the heating cancels in λ̂₂ (attrs ``temperature_step_rule``).
         observe: probe sets ``{name: data dict}`` (the sampling data's keys, row shapes and
             dtypes; any number of rows): at every ``observe_every``-th sample draw the per-row
             (per-token) losses ℓ_i(w_t) of each set are evaluated inside the compiled loop and

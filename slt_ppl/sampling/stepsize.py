@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slt_ppl.compile_cache import keyed_program
-from slt_ppl.estimators._common import STEP_RULE
+from slt_ppl.estimators._common import TEMPERATURE, temperature_slices
 from slt_ppl.estimators.bias import noise_factor
 from slt_ppl.posterior import LocalPosterior
 from slt_ppl.sampling.loop import ChainState, SegmentRunner
@@ -578,29 +578,31 @@ def warn_minibatch_heating(tree: Any, limit: float = 0.05) -> float:
     """Warn (``HealthWarning``) when minibatch-gradient noise heats a run whose ε the user gave.
 
     The noise part of the first-order heating, (ε/8)·ν·E[tr(G·Σ_B)] (:func:`heating_per_chain`),
-    is compared with λ̂ ≈ nβ·E[L_B(w_t) − L_B(w*)] of the same draws; above ``limit`` (5 %) the
-    warning names ε and the batch size. Measured: n = 20 000, batch 64, ε = 2e-5 gave λ̂ = 6.57 for
-    λ = 5 with every diagnostic passing. Returns the relative noise heating (NaN if not recorded).
+    is compared with λ̂ ≈ nβ·E[L_B(w_t) − L_B(w*)] of the same draws, at every temperature of the
+    run with its own ε and nβ (``estimators._common.temperature_slices``); above ``limit`` (5 %)
+    the warning names ε, the temperature and the batch size. Measured: n = 20 000, batch 64,
+    ε = 2e-5 gave λ̂ = 6.57 for λ = 5 with every diagnostic passing. Returns the largest relative
+    noise heating (NaN if not recorded).
     """
     import warnings
 
     from slt_ppl.errors import HealthWarning
 
-    stats = tree["sample_stats"]
-    if "grad_noise" not in stats or int(tree.attrs.get("batch_size", 0)) >= int(tree.attrs["n"]):
+    stats, attrs = tree["sample_stats"], dict(tree.attrs)
+    if "grad_noise" not in stats or int(attrs.get("batch_size", 0)) >= int(attrs["n"]):
         return math.nan
-    eps = float(tree.attrs["step_size"])
-    params = json.loads(tree.attrs.get("kernel_params", "{}"))
-    nu = noise_factor(str(tree.attrs.get("kernel", "")), params)
-    recorded = stats["grad_noise"].values
-    if not np.isfinite(recorded).any():  # no diagnostic draw kept (very short runs): nothing to say
+    if not np.isfinite(stats["grad_noise"].values).any():  # no diagnostic draw kept: nothing to say
         return math.nan
-    rel, eps, noise, lam = max(_noise_heating_per_temperature(stats, tree.attrs, eps, nu))
+    nu = noise_factor(str(attrs.get("kernel", "")), json.loads(attrs.get("kernel_params", "{}")))
+    slices = temperature_slices(stats, attrs) if TEMPERATURE in stats.dims else [(stats, attrs)]
+    found = [_noise_heating(part, a, nu) for part, a in slices]
+    rel, eps, heat, lam, factor = max(found, key=lambda entry: entry[0])
     if math.isfinite(rel) and rel > limit:
+        where = "" if factor is None else f" (the chains at temperature factor {factor:g})"
         warnings.warn(
-            f"minibatch gradient noise heats the chains: at step_size {eps:.3g} and batch_size "
-            f"{tree.attrs['batch_size']} it adds about {100 * rel:.0f}% to the LLC (first-order "
-            f"estimate (ε/8)·tr Σ_B = {eps / 8.0 * nu * noise:.3g} vs λ̂ ≈ {lam:.3g}); use a larger "
+            f"minibatch gradient noise heats the chains{where}: at step_size {eps:.3g} and "
+            f"batch_size {attrs['batch_size']} it adds about {100 * rel:.0f}% to the LLC "
+            f"(first-order estimate (ε/8)·tr Σ_B = {heat:.3g} vs λ̂ ≈ {lam:.3g}); use a larger "
             "batch_size or a smaller step_size, or step_size='auto'",
             HealthWarning,
             stacklevel=4,
@@ -608,23 +610,17 @@ def warn_minibatch_heating(tree: Any, limit: float = 0.05) -> float:
     return rel if math.isfinite(rel) else math.nan
 
 
-def _noise_heating_per_temperature(
-    stats: Any, attrs: Any, eps: float, nu: float
-) -> list[tuple[float, float, float, float]]:
-    """(relative noise heating (ε_t/8)·ν·E[tr Σ_B]/λ̂_t, ε_t, E[tr Σ_B], λ̂_t) per temperature f_t
-    (one entry without a temperature dim): ε_t = ε/f_t when the run stepped so
-    (``estimators._common.STEP_RULE``), λ̂_t ≈ nβ·f_t·E[L_B(w_t) − L_B(w*)]."""
-    if "temperature" not in stats.dims:
-        slices = [(stats, 1.0)]
-    else:
-        slices = [(stats.isel(temperature=i), float(f)) for i, f in enumerate(stats.temperature)]
-    per_temperature = attrs.get("temperature_step_rule") == STEP_RULE
-    out = []
-    for part, f in slices:
-        eps_t = eps / f if per_temperature else eps
-        noise = float(np.nanmean(part["grad_noise"].values))
-        diff = (part["loss"] - part["loss_center"]).values
-        lam = float(attrs["nbeta"]) * f * float(np.nanmean(diff))
-        rel = eps_t / 8.0 * nu * noise / max(abs(lam), 1e-12)
-        out.append((rel if math.isfinite(rel) else -math.inf, eps_t, noise, lam))
-    return out
+def _noise_heating(stats: Any, attrs: dict, nu: float) -> tuple[float, float, float, float, Any]:
+    """(relative noise heating, ε, (ε/8)·ν·E[tr Σ_B], λ̂ ≈ nβ·E[L_B(w_t) − L_B(w*)], temperature
+    factor or None) of one temperature's draws; −inf for the ratio when it is not finite."""
+    eps = float(attrs["step_size"])
+    heat = eps / 8.0 * nu * float(np.nanmean(stats["grad_noise"].values))
+    lam = float(attrs["nbeta"]) * float(np.nanmean((stats["loss"] - stats["loss_center"]).values))
+    rel = heat / max(abs(lam), 1e-12)
+    return (
+        (rel if math.isfinite(rel) else -math.inf),
+        eps,
+        heat,
+        lam,
+        attrs.get("temperature_factor"),
+    )

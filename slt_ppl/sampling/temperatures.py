@@ -11,9 +11,10 @@ than that of independent chains, and remains an exact Monte Carlo average per te
 Step sizes: chain c steps at ε/f_c (``STEP_RULE``, ``sampling.loop.chain_step_size``), ε being the
 tuned or given step size. The first-order heating of λ̂_f = nβf·E_f[L_n − L_n(w*)] is
 Δλ̂_f = (ε_f/8)·(tr ∇²(nβfL) + ν·tr Σ_B(nβfL)) (``estimators.bias``). At ε_f = ε/f its Laplacian
-part, (ε/8)·tr ∇²(nβL), is the same relative heating at every temperature (each λ̂_f keeps the
-single-temperature guarantee), and its minibatch part shifts E_f[nL_n] by (ε/8)·ν·tr Σ_B(nβL)/β at
-every f, so it cancels in the two-temperature difference; λ̂₂ keeps the Laplacian part only. With one
+part, (ε/8)·tr ∇²(nβL), is the same relative heating at every temperature; its minibatch part,
+(ε/8)·ν·f·tr Σ_B(nβL), is f times larger relative to λ̂_f (each temperature's verdict and the
+user-ε warning check their own), but it shifts E_f[nL_n] by the same (ε/8)·ν·tr Σ_B(nβL)/β at every
+f, so it cancels in the two-temperature difference; λ̂₂ keeps the Laplacian part only. With one
 ε for all temperatures the tuner kept the coldest chains' heating at its target, which halved ε for
 the β chains at factors (1, 2): on the DLN 4-3-3-4 at rank 1 (n = 5000) ε fell from 7.3e-7 to
 3.4e-7, and under the step cap λ̂₂ read 16 % low, unmixed (docs/validation.md, session 6). Each
