@@ -8,7 +8,8 @@ y = x·w1·w2² at n = 1000 (ε adapted to 3.7e-5, batch 256) the slowest relaxa
 2.8·10⁵ steps, so the old cap (thin 125) left the draws ≈ 0.45 relaxation times long (R-hat 1.22,
 ESS 15: unhealthy); thin 1250 passed. An RRR 3-3-3 (d = 18, batch 256) must get exactly the old thinning: the
 RRR/DLN validation rows rely on it. Tiny models also freeze the burn-in's ε at the pooled estimate
-of the adaptation windows (``stepsize.pooled_step_size``). Runtime: 5 s at load 1 (2.3 s the one
+of the adaptation windows (``stepsize.pooled_step_size``), and, unless the user gives
+``num_chains``, run 16 chains instead of 4 (``defaults.choose_num_chains``, session 8). Runtime: 5 s at load 1 (2.3 s the one
 2-chain run of a 2-parameter regression, mostly compiling; 32 s at load 18).
 """
 
@@ -22,10 +23,13 @@ from _reliability_models import regression_problem
 
 import slt_ppl
 from slt_ppl.sampling.defaults import (
+    DEFAULT_NUM_CHAINS,
     MAX_STEPS,
     TINY_MAX_STEPS,
+    TINY_NUM_CHAINS,
     TINY_STEP_COST,
     auto_thin,
+    choose_num_chains,
     is_tiny,
     step_cap,
 )
@@ -55,6 +59,27 @@ def test_auto_thin_gives_the_crossing_the_larger_budget_and_rrr_the_old_one():
     # a backend's own cap (torch: 20 000 steps) still wins
     thin, why = auto_thin(crossing, 3.6e-5, 256, CHAINS, DRAWS, max_steps=20_000)
     assert thin == 10 and "tiny" not in why
+
+
+def test_default_chain_count_is_larger_only_for_tiny_models():
+    assert choose_num_chains(None, 256, 2)[0] == TINY_NUM_CHAINS == 16  # crossings, tanh 1 unit
+    assert "tiny model: batch·d = 512" in choose_num_chains(None, 256, 2)[1]
+    for dim in (6, 18, 33):  # tanh 3 units, RRR 3-3-3, DLN 4-3-3-4: unchanged
+        assert choose_num_chains(None, 256, dim) == (DEFAULT_NUM_CHAINS, "4 (default)")
+    assert choose_num_chains(7, 256, 2) == (7, "given")  # the user's count always wins
+    assert choose_num_chains(None, 256, 2, external=True)[0] == DEFAULT_NUM_CHAINS  # NUTS/HMC
+
+
+def test_tiny_models_are_not_charged_per_chain():
+    """A tiny step costs its overhead (24 µs at 8 chains, 45 µs at 32 on the crossings), so 32
+    chains keep the 4-chain thinning; every other model's work budget still counts the chains."""
+    crossing = SimpleNamespace(gamma=0.145, dim=2)
+    four = auto_thin(crossing, 3.6e-5, 256, CHAINS, DRAWS)[0]
+    assert auto_thin(crossing, 3.6e-5, 256, 32, DRAWS)[0] == four == 1250
+    assert auto_thin(crossing, 3.6e-5, 256, 32, DRAWS, coldest=2.0)[0] == 2 * four
+    dln = SimpleNamespace(gamma=1.13, dim=33)
+    budget = int(2e10 / (256 * 33 * 32) / (2 * DRAWS))
+    assert auto_thin(dln, 7.3e-7, 256, 32, DRAWS)[0] == budget == 36 < 125
 
 
 def test_auto_thin_gives_the_coldest_temperature_its_relaxation():
@@ -93,11 +118,15 @@ def test_pooled_step_size_averages_the_windows_not_the_last_one():
 def test_the_choice_is_in_the_attrs():
     model, data, center = regression_problem(n=200, d=2)  # batch·d = 400: tiny
     post = slt_ppl.localize(model, data, center, gamma=200.0)  # 2/(εγ) = 10 steps: thin 1
-    res = slt_ppl.sample(post, step_size=1e-3, num_chains=2, num_draws=100, progress=False)
+    res = slt_ppl.sample(post, step_size=1e-3, num_draws=100, progress=False)
     tuning = json.loads(res.attrs["step_size_tuning"])
     assert res.attrs["thin"] == tuning["thin"] == 1
     assert "tiny model: batch·d = 400" in tuning["thin_reason"]
     assert f"step cap {TINY_MAX_STEPS:.3g}" in tuning["thin_reason"]
+    assert res.attrs["num_chains"] == res["sample_stats"].sizes["chain"] == TINY_NUM_CHAINS
+    assert "tiny model: batch·d = 400" in res.attrs["num_chains_choice"]
+    given = slt_ppl.sample(post, step_size=1e-3, num_chains=2, num_draws=100, progress=False)
+    assert given["sample_stats"].sizes["chain"] == 2 and given.attrs["num_chains_choice"] == "given"
 
 
 if __name__ == "__main__":

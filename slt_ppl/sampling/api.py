@@ -30,7 +30,7 @@ def sample(
     kernel: Any = "auto",
     step_size: float | str | None = "auto",
     batch_size: int | None = None,
-    num_chains: int = 4,
+    num_chains: int | None = None,
     num_draws: int = 1000,
     num_burnin: int | None = None,
     thin: int | None = None,
@@ -55,7 +55,7 @@ def sample(
 
     Args:
         posterior: from :func:`slt_ppl.localize` (NumPyro/JAX or Pyro/``nn.Module``).
-        kernel: "auto" (default: full-batch MALA where n·d is small, SGLD otherwise; see
+        kernel: "auto" (default: SGLD with minibatches, ε adapted along the chains; see
             ``sampling.defaults``, the choice is in attrs["kernel_choice"]), "sgld",
             "rmsprop_sgld", "sghmc", "sgnht" (stochastic gradient), "mala" (full batch,
             Metropolis-corrected), "hmc"/"nuts" (the PPL's own kernels, full batch), or a kernel
@@ -66,7 +66,11 @@ def sample(
             independent of ``num_chains`` only for a given numeric ε.
         batch_size: minibatch size for SG kernels, default min(n, 256); indices are drawn with
             replacement on the device.
-        num_chains, num_draws: chains and recorded draws per chain.
+        num_chains: chains (per temperature); None (default) is 4, or 16 for a tiny model
+            (batch·d ≤ 1024) sampled by slt_ppl's own kernels, where a step costs its overhead
+            and more chains are almost free (``sampling.defaults.choose_num_chains``; the choice
+            is in attrs["num_chains_choice"]).
+        num_draws: recorded draws per chain.
         num_burnin: steps discarded before the first recorded draw (still recorded in the
             ``warmup_sample_stats`` group); default = num_draws·thin, i.e. half the run.
         thin: steps per recorded draw; None (default) chooses it after tuning so the draws span

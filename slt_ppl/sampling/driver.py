@@ -38,8 +38,10 @@ from slt_ppl.kernels.preconditioners import localized_delta, pool_chains
 from slt_ppl.sampling.checkpoint import checkpoint_path, load_for_resume
 from slt_ppl.sampling.defaults import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_NUM_CHAINS,
     auto_thin,
     choose_kernel,
+    choose_num_chains,
     is_tiny,
     median_preconditioner,
 )
@@ -110,6 +112,8 @@ class Setup(NamedTuple):
     batch_keys: Any
     state: Any  # the initial state of every chain
     settings: dict[str, Any]  # what a checkpoint must match to be resumed
+    num_chains: int  # chains per temperature (``defaults.choose_num_chains``)
+    num_chains_choice: str  # why that many
 
 
 def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
@@ -129,9 +133,13 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
             "keep_draws=True and evaluate the probe losses on the draws instead"
         )
     if external:
-        return backend.sample_external(posterior, replace(s, thin=1 if s.thin is None else s.thin))
+        s = replace(
+            s, thin=1 if s.thin is None else s.thin, num_chains=s.num_chains or DEFAULT_NUM_CHAINS
+        )
+        return backend.sample_external(posterior, s)
     probes = prepare(posterior, s.observe, s.observe_every)
     setup = _setup(backend, posterior, s, probes)
+    s = replace(s, num_chains=setup.num_chains)
     ckpt_file = checkpoint_path(s.checkpoint.path) if s.checkpoint is not None else None
     resume = s.checkpoint is not None and s.checkpoint.resume
     restored = load_for_resume(ckpt_file, setup.settings) if resume else None
@@ -169,6 +177,7 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
     attrs = {
         **_run_attrs(s, setup.kernel, setup.batch, outcome.step_size, tuning),
         "kernel_choice": kernel_choice,
+        "num_chains_choice": setup.num_chains_choice,
         "divergence_retries": int(outcome.attempt),
         "retry_history": json.dumps(outcome.history),
         "resumed_from_draw": -1 if outcome.resumed_from_draw is None else outcome.resumed_from_draw,
@@ -217,6 +226,8 @@ def _setup(backend: Backend, posterior: Any, s: RunSettings, probes: Any = None)
         options.setdefault("delta", localized_delta(float(posterior.gamma)))
     kern = backend.get_kernel(s.kernel, options)
     batch = posterior.n if kern.full_batch else min(posterior.n, s.batch_size or DEFAULT_BATCH_SIZE)
+    num_chains, chains_choice = choose_num_chains(s.num_chains, batch, int(posterior.dim))
+    s = replace(s, num_chains=num_chains)
     factors = check_temperatures(s.temperatures)
     chain_index = np.arange(s.num_chains * (1 if factors is None else len(factors))) % s.num_chains
     per_chain_factors = None if factors is None else chain_factors(factors, s.num_chains)
@@ -240,7 +251,7 @@ def _setup(backend: Backend, posterior: Any, s: RunSettings, probes: Any = None)
     }
     return Setup(
         kern, batch, factors, chain_index, runner, chain_keys, batch_keys,
-        runner.init(chain_keys, positions), settings,
+        runner.init(chain_keys, positions), settings, num_chains, chains_choice,
     )  # fmt: skip
 
 

@@ -400,7 +400,12 @@ class SegmentRunner:
         kernel_state = jax.tree_util.tree_map(
             lambda a, b: jnp.where(take, a, b), new_ks, state.kernel_state
         )
-        diverged_at = jnp.where(healthy & ~good, t.astype(jnp.int32), state.diverged_at)
+        # an int32 step index past 2³¹ wraps negative, which would read as "healthy" (−1): mark
+        # such a divergence with the largest index instead (it happened in the burn-in windows
+        # of thinned two-temperature runs until session 8, ``stepsize.adapt_burnin``)
+        t = t.astype(jnp.int32)
+        marker = jnp.where(t < 0, jnp.iinfo(jnp.int32).max, t)
+        diverged_at = jnp.where(healthy & ~good, marker, state.diverged_at)
         return ChainState(kernel_state, diverged_at)
 
     def _draw(

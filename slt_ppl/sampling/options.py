@@ -92,7 +92,7 @@ class RunSettings:
     kernel: Any = "sgld"
     step_size: Any = "auto"
     batch_size: int | None = None
-    num_chains: int = 4
+    num_chains: int | None = None  # None: chosen by the driver (defaults.choose_num_chains)
     num_draws: int = 1000
     num_burnin: int | None = None
     thin: int | None = None  # None: chosen after tuning (defaults.auto_thin)
@@ -192,7 +192,8 @@ def check_settings(
     if isinstance(kernel, str) and kernel not in kernel_names:
         raise SettingError(f"unknown kernel {kernel!r}; choose one of {kernel_names}")
     thin = 1 if s.thin is None else s.thin
-    for name, value in [("num_chains", s.num_chains), ("num_draws", s.num_draws),
+    chains = 1 if s.num_chains is None else s.num_chains
+    for name, value in [("num_chains", chains), ("num_draws", s.num_draws),
                         ("thin", thin), ("diag_every", s.plan.diag_every)]:  # fmt: skip
         if not isinstance(value, int | np.integer) or value < 1:
             raise SettingError(f"{name} must be an integer >= 1, got {value!r}")

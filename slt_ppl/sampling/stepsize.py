@@ -448,7 +448,7 @@ def adapt_burnin(
     step_size: float,
     num_draws: int,
     *,
-    offset: int = 10**6,
+    offset: int | None = None,
     max_windows: int = 10,
     pooled: bool = False,
 ) -> tuple[float, dict[str, Any], ChainState]:
@@ -460,12 +460,19 @@ def adapt_burnin(
     rank regression its chains were still spreading along the valleys when it stopped, and over the
     thinned run they went on to regions of 7× the Laplacian and gradient noise, heating λ̂ from the
     exact 5.82 to 7.58 (first-order estimate of the heating 1.8). Adapting over the whole burn-in
-    lets ε follow the chains out. Draw indices start at ``offset`` (disjoint from the first stage).
+    lets ε follow the chains out. Draw indices start at ``offset`` (disjoint from the first stage;
+    None: draw 10⁶, or the latest draw whose step index draw·thin still fits the loop's int32 step
+    counter: at thin 2500 (tiny models at two temperatures) 10⁶·thin wrapped negative, so a chain
+    that diverged in a window was not seen as diverged, kept stepping from its frozen position to
+    |w| ≈ 10²⁴ and was reported dead at step 0 of the run; session 8).
 
     ``pooled`` (the driver sets it for tiny models, ``defaults.is_tiny``): the frozen ε is
     :func:`pooled_step_size` of the windows instead of the last window's rescaling.
     """
     window = max(10, num_draws // 10)
+    if offset is None:
+        thin = int(getattr(runner, "thin", 1))
+        offset = max(0, min(10**6, (2**31 - 1) // thin - max_windows * window - 1))
     eps, record, state = adapt_along_chains(
         runner, state, chain_keys, batch_keys, step_size, window=window, diag_every=2,
         min_windows=3, max_windows=max_windows, offset=offset,
