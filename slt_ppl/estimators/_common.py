@@ -113,8 +113,10 @@ def temperature_slices(stats: xr.Dataset, attrs: dict) -> list[tuple[xr.Dataset,
 
 def is_minibatch(attrs: dict) -> bool:
     """Whether the loss trace carries minibatch noise: a stochastic-gradient kernel with
-    batch_size < n (results without ``batch_size`` count as minibatch runs)."""
-    if str(attrs.get("kernel", "")) in FULL_BATCH_KERNELS:
+    batch_size < n that recorded the paired minibatch loss (attrs ``loss_trace`` "minibatch" or
+    absent; "full": the full-data loss, ``sampling.defaults.choose_full_loss``); results without
+    ``batch_size`` count as minibatch runs."""
+    if str(attrs.get("kernel", "")) in FULL_BATCH_KERNELS or attrs.get("loss_trace") == "full":
         return False
     try:
         return int(attrs["batch_size"]) < int(attrs["n"])

@@ -77,6 +77,37 @@ def choose_num_chains(
     return DEFAULT_NUM_CHAINS, f"{DEFAULT_NUM_CHAINS} (default)"
 
 
+FULL_LOSS_SHARE = 0.1  # a draw's full-data loss may cost this share of the draw's steps
+
+
+def choose_full_loss(
+    full_loss: bool | None, minibatch: bool, batch_size: int, dim: int, n: int, thin: int
+) -> tuple[bool, str]:
+    """(record the full-data loss L_n(w_t) at every draw?, why): ``full_loss`` itself when given
+    (False for a run without minibatches: its trace already is L_n); otherwise yes for a tiny
+    model (``is_tiny``) whose full-data loss costs at most ``FULL_LOSS_SHARE`` of a draw's steps
+    (n ≤ 0.1·thin·batch_size).
+
+    Why: a minibatch run otherwise records the paired trace L_B(w_t) − L_B(w*), whose minibatch
+    noise is shared by all chains (one batch per step), so it does not average out over chains:
+    on the crossing y = x·w2² (n = 1000) 16 chains gave se 0.021 where 4 gave 0.024. The full-data
+    trace has no such noise, and the estimand nβ·(E[L_n(w)] − L_n(w*)) is the same. On a tiny model
+    with automatic thinning (thin ≥ 1000 on the crossings) one full-data evaluation per draw costs
+    well under one step's overhead per step. Measured in docs/validation.md (session 8).
+    """
+    if not minibatch:
+        return False, "full batch: the trace is L_n"
+    if full_loss is not None:
+        return bool(full_loss), "given"
+    cheap = int(n) <= FULL_LOSS_SHARE * int(thin) * int(batch_size)
+    if is_tiny(batch_size, dim) and cheap:
+        return True, (
+            f"full-data loss (tiny model; n = {n} ≤ {FULL_LOSS_SHARE:g}·thin·batch = "
+            f"{FULL_LOSS_SHARE * thin * batch_size:.3g})"
+        )
+    return False, "paired minibatch loss L_B(w) − L_B(w*)"
+
+
 def step_cap(batch_size: int, dim: int) -> tuple[int, str]:
     """(most steps per chain a default run may take, why): ``TINY_MAX_STEPS`` when a step's gradient
     is tiny (batch_size·d ≤ ``TINY_STEP_COST`` per chain), ``MAX_STEPS`` otherwise.

@@ -40,6 +40,7 @@ from slt_ppl.sampling.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_NUM_CHAINS,
     auto_thin,
+    choose_full_loss,
     choose_kernel,
     choose_num_chains,
     is_tiny,
@@ -301,7 +302,9 @@ def _run_length(
             )  # fmt: skip
             adapted = tuning.get("windows") or tuning.get("along_chains")
             if adapted and (tuning["thin"] > 1 or "preconditioner" in tuning):
+                full = _full_loss(posterior, setup, s, int(tuning["thin"]))[0]
                 runner = setup.runner.for_tuning().with_thin(int(tuning["thin"]))
+                runner = runner.with_full_loss(full)
                 tiny = max_steps is None and is_tiny(setup.batch, int(posterior.dim))
                 step_size, tuning["burnin_adaptation"], state = adapt_burnin(
                     runner, setup.state, *tune_keys, step_size, s.num_draws, pooled=tiny
@@ -311,10 +314,23 @@ def _run_length(
         burnin_adapted = "burnin_adaptation" in tuning
         thin = int(tuning["thin"])
         setup = setup._replace(runner=setup.runner.with_thin(thin))
+    full, tuning["loss_trace_choice"] = _full_loss(posterior, setup, s, thin)
+    minibatch = not setup.kernel.full_batch and setup.batch < posterior.n
+    tuning["loss_trace"] = "full" if full or not minibatch else "minibatch"
+    setup = setup._replace(runner=setup.runner.with_full_loss(full))
     num_burnin = s.num_burnin
     if num_burnin is None:
         num_burnin = s.num_draws * thin // (4 if burnin_adapted else 1)
-    return setup, replace(s, thin=thin, num_burnin=num_burnin), step_size
+    plan = replace(s.plan, full_loss=full)
+    return setup, replace(s, thin=thin, num_burnin=num_burnin, plan=plan), step_size
+
+
+def _full_loss(posterior: Any, setup: Setup, s: RunSettings, thin: int) -> tuple[bool, str]:
+    """Whether the draws record the full-data loss (``defaults.choose_full_loss``)."""
+    minibatch = not setup.kernel.full_batch and setup.batch < posterior.n
+    return choose_full_loss(
+        s.plan.full_loss, minibatch, setup.batch, int(posterior.dim), int(posterior.n), thin
+    )
 
 
 def _open_stream(posterior: Any, s: RunSettings, num_chains: int) -> Any:
@@ -411,6 +427,7 @@ def _run_attrs(
         "step_size": float(step_size),
         "step_size_tuning": json.dumps(tuning),
         "batch_size": int(batch),
+        "loss_trace": str(tuning.get("loss_trace", "minibatch")),
         "num_chains": int(s.num_chains),
         "num_draws": int(s.num_draws),
         "num_burnin": int(s.burnin_draws * s.thin),

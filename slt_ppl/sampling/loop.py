@@ -188,6 +188,7 @@ class SegmentRunner:
     chunk: int = 100
     nbeta_factors: Any = None  # (C,) per-chain factors of nβ (temperatures), None = all 1
     probes: Probes | None = None  # probe sets observed every k-th sample draw (sampling.observe)
+    full_loss: bool = False  # record L_n(w_t) on the full data (``defaults.choose_full_loss``)
     # what determines the kernel's code (registry name and options); None: the kernel object itself
     kernel_key: Any = None
     stats: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
@@ -212,9 +213,16 @@ class SegmentRunner:
     def with_thin(self, thin: int) -> SegmentRunner:
         """This runner with ``thin`` steps per draw (itself if unchanged); shares the center table
         and the timing stats, compiles its own programs."""
-        if thin == self.thin:
+        return self._variant(thin=int(thin))
+
+    def with_full_loss(self, full_loss: bool) -> SegmentRunner:
+        """This runner recording the full-data loss at every draw, or the paired minibatch loss."""
+        return self._variant(full_loss=bool(full_loss))
+
+    def _variant(self, **changes: Any) -> SegmentRunner:
+        if all(getattr(self, k) == v for k, v in changes.items()):
             return self
-        twin = dataclasses.replace(self, thin=int(thin), programs={})
+        twin = dataclasses.replace(self, **changes, programs={})
         object.__setattr__(twin, "stats", self.stats)
         if "_table" in self.__dict__:
             twin.__dict__["_table"] = self.__dict__["_table"]
@@ -364,6 +372,7 @@ class SegmentRunner:
             "segment-runner", type(post), post.backend, post.n, loss, kernel, self.batch_size,
             self.thin, self.keep_draws, self.shared_batches, float(self.explode),
             self.center_table, self.nbeta_factors is None, probes, mesh, config_key(),
+            self.full_loss,
         )  # fmt: skip
 
     def _shared_program(self, tag: tuple[Any, ...], make: Callable[[], Any]) -> Callable[..., Any]:
@@ -430,6 +439,9 @@ class SegmentRunner:
 
         if kernel.full_batch:
             loss = (info.potential - post.localization(w)) / post.nbeta
+            loss_center = jnp.asarray(post.info["loss_center_full"], dtype)
+        elif self.full_loss:  # no minibatch noise in the trace (``defaults.choose_full_loss``)
+            loss = post.loss_fn(w, post.data).astype(dtype)
             loss_center = jnp.asarray(post.info["loss_center_full"], dtype)
         else:
             loss = info.loss

@@ -36,11 +36,16 @@ class Plan:
     num_segments: compiled segments the run is cut into; progress, checkpoints and streaming act
         between segments, nothing syncs inside one.
     shared_batches: all chains see the same minibatch at a step (one gather) or independent ones.
+    full_loss: record the full-data loss L_n(w_t) at every draw (True) or the paired minibatch
+        loss L_B(w_t) − L_B(w*) (False); None (default): the full-data loss for tiny models where
+        it costs ≤ 10 % of a draw's steps (``sampling.defaults.choose_full_loss``; attrs
+        ``loss_trace``).
     """
 
     diag_every: int = 20
     num_segments: int = 20
     shared_batches: bool = True
+    full_loss: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ LEGACY = {
     "diag_every": ("plan", "diag_every"),
     "num_segments": ("plan", "num_segments"),
     "shared_batches": ("plan", "shared_batches"),
+    "full_loss": ("plan", "full_loss"),
     "explode": ("divergence", "explode"),
     "retry_on_divergence": ("divergence", "retries"),
     "max_diverged_fraction": ("divergence", "max_fraction"),
@@ -197,6 +203,8 @@ def check_settings(
                         ("thin", thin), ("diag_every", s.plan.diag_every)]:  # fmt: skip
         if not isinstance(value, int | np.integer) or value < 1:
             raise SettingError(f"{name} must be an integer >= 1, got {value!r}")
+    if s.plan.full_loss is not None and not isinstance(s.plan.full_loss, bool | np.bool_):
+        raise SettingError(f"full_loss must be True, False or None, got {s.plan.full_loss!r}")
     if s.num_burnin is not None and (
         not isinstance(s.num_burnin, int | np.integer) or s.num_burnin < 0
     ):
@@ -267,7 +275,8 @@ def checkpoint_settings(s: RunSettings) -> dict[str, Any]:
         "batch_size": s.batch_size, "num_chains": s.num_chains, "num_draws": s.num_draws,
         "num_burnin": s.num_burnin, "thin": s.thin, "seed": s.seed,
         "diag_every": s.plan.diag_every, "keep_draws": s.keep_draws,
-        "shared_batches": s.plan.shared_batches, "init_jitter": float(s.init_jitter),
+        "shared_batches": s.plan.shared_batches, "full_loss": s.plan.full_loss,
+        "init_jitter": float(s.init_jitter),
         "explode": float(s.divergence.explode), "num_segments": s.plan.num_segments,
         "kernel_options": s.kernel_options, "retry_on_divergence": s.divergence.retries,
         "max_diverged_fraction": float(s.divergence.max_fraction),

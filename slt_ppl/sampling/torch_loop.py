@@ -151,6 +151,7 @@ class TorchSegmentRunner:
     center_table: str = "auto"  # "off": L_B(w*) always by a forward pass
     records_heating: bool = True  # laplacian and grad_noise are recorded (the tuner reads them)
     probes: Probes | None = None  # probe sets observed every k-th sample draw (sampling.observe)
+    full_loss: bool = False  # record L_n(w_t) on the full data (``defaults.choose_full_loss``)
     stats: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
     _fns: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -188,6 +189,7 @@ class TorchSegmentRunner:
             self._fns[f"hvp_{kind}"] = vmap(hvp, in_dims=(0, 0, b_dim, f_dim))
             self._fns[f"scaled_{kind}"] = vmap(scaled_loss, in_dims=(0, b_dim, f_dim))
         self._fns["center_indep"] = vmap(post.loss_fn, in_dims=(None, 0))
+        self._fns["full_loss"] = vmap(post.loss_fn, in_dims=(0, None))
         if self.probes is not None:  # ℓ of every chain on a probe set, one batched call
             self._fns["observe"] = vmap(row_loss_fn(post), in_dims=(0, None))
 
@@ -204,9 +206,16 @@ class TorchSegmentRunner:
     def with_thin(self, thin: int) -> TorchSegmentRunner:
         """This runner with ``thin`` steps per draw (itself if unchanged), sharing the center
         table and the timing stats."""
-        if thin == self.thin:
+        return self._variant(thin=int(thin))
+
+    def with_full_loss(self, full_loss: bool) -> TorchSegmentRunner:
+        """This runner recording the full-data loss at every draw, or the paired minibatch loss."""
+        return self._variant(full_loss=bool(full_loss))
+
+    def _variant(self, **changes: Any) -> TorchSegmentRunner:
+        if all(getattr(self, k) == v for k, v in changes.items()):
             return self
-        twin = dataclasses.replace(self, thin=int(thin), stats={}, _fns={})
+        twin = dataclasses.replace(self, **changes, stats={}, _fns={})
         object.__setattr__(twin, "stats", self.stats)
         if "table" in self._fns:
             twin._fns["table"] = self._fns["table"]
@@ -382,6 +391,9 @@ class TorchSegmentRunner:
         table = self._fns.get("table")
         if self.kernel.full_batch:
             loss = (info.potential - post.localization(w)) / self._fns["nbeta"]
+            loss_center = torch.full_like(nan, post.info["loss_center_full"])
+        elif self.full_loss:  # no minibatch noise in the trace (``defaults.choose_full_loss``)
+            loss = self._fns["full_loss"](w, post.data).to(w.dtype)
             loss_center = torch.full_like(nan, post.info["loss_center_full"])
         elif table is not None and idx is not None:
             loss, loss_center = info.loss, torch.mean(table[idx], dim=-1).expand(w.shape[0])
