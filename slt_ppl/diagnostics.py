@@ -20,8 +20,9 @@ Checks (each named in the verdict when it fails):
                  they are still relaxing (:func:`relaxation_deficit` > 5 %) *and* the draws show it
                  (the trend of ‖w_t − w*‖² exceeds ``trend_z`` se). See :func:`relaxation_check`.
 
-Which quantity (``estimators.error_bars``): for full-batch kernels the loss trace is L_n(w_t) itself
-and ArviZ's bulk ESS / rank-normalized R-hat are used. For minibatch traces L_B(w_t) − L_B(w*) the
+Which quantity (``estimators.error_bars``): for full-batch kernels, and for runs that recorded the
+full-data loss (attrs ``loss_trace`` "full": tiny models, ``sampling.defaults.choose_full_loss``),
+the loss trace is L_n(w_t) itself and ArviZ's bulk ESS / rank-normalized R-hat are used. For minibatch traces L_B(w_t) − L_B(w*) the
 minibatch noise is white and hides slow mixing (ESS 2102 where the full-data loss of the same draws
 had 89), so ESS and R-hat are those of the noise-free signal (``signal_ess_rhat``). Standard errors
 are ``honest_se`` = max(ArviZ MCSE, overlapping batch means of the chain-averaged trace,

@@ -54,10 +54,19 @@ def test_structure_and_reference(suite):
             continue
         assert r["z"] == pytest.approx((r["llc"] - r["exact"]) / combined)
         ok = abs(r["llc"] - r["exact"]) <= 3 * combined + 0.05 * abs(r["exact"])
-        assert r["passed"] == int(ok and r["healthy"] == 1)
+        assert r["passed"] == int(ok and r["verdict_ok"] == 1)
+        assert r["verdict_ok"] == int(r["healthy"] == 1)  # exact > 0 here: healthy is expected
         assert r["llc2_passed"] == -1  # n = 1000 < 5000: no two-temperature check here
     table = singular.markdown_table(ds)
     assert table.count("\n") == ds.sizes["run"] + 1 and CASE in table
+
+
+def test_a_center_that_is_no_minimum_must_be_flagged_by_the_center_check_alone():
+    assert singular.verdict_as_expected("", 0.2) and singular.verdict_as_expected("", -0.02)
+    assert singular.verdict_as_expected("center", -0.02)  # exact < 0: w* is no minimum of L_n
+    assert not singular.verdict_as_expected("center", 0.2)
+    assert not singular.verdict_as_expected("center,rhat", -0.02)
+    assert not singular.verdict_as_expected("rhat", -0.02)
 
 
 def test_defaults_pass_at_the_crossing(suite):  # depends on the sampler (module docstring)

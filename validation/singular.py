@@ -6,7 +6,9 @@ quadrature, full batch, same nβ, γ, center), then ``slt_ppl.sample`` with the 
 the library's default kernel) and with ``kernel="sgld"`` / ``"rmsprop_sgld"`` at their automatic
 step sizes, recording λ̂, se, healthy, diverged and z = (λ̂ − exact)/√(se² + se_exact²). A run
 passes when it did not diverge, |λ̂ − exact| ≤ 3·√(se² + se_exact²) + 0.05·|exact| (3 combined se
-of Monte Carlo error plus 5 % for the O(ε) bias an SG chain is allowed) and its verdict is healthy.
+of Monte Carlo error plus 5 % for the O(ε) bias an SG chain is allowed) and its verdict is healthy
+(where the exact λ is negative, the center is no minimum of L_n and the verdict must say so by its
+``center`` check alone: :func:`verdict_as_expected`).
 Plus, with ``temperatures=(1, 2)`` (default kernel), the two-temperature estimator
 λ̂₂ = (E_β[nL] − E_2β[nL])/(1/β − 1/(2β)) (Watanabe 2013) within 10 % of the closed-form λ on every
 RRR, DLN and crossing case at n ≥ 5000: the single-temperature λ̂ sits 10–35 % below λ at these n
@@ -201,19 +203,34 @@ def run_kernel(post: Any, kernel: str | None, exact: float, exact_se: float, see
                            "step_size": float(res.attrs.get("step_size", math.nan))}  # fmt: skip
     try:
         est = slt_ppl.llc(res, warn=False)
+        failed = [str(c) for c, ok in zip(est["check"].values, est["check_passed"].values,
+                                          strict=True) if not ok]  # fmt: skip
         row.update(llc=float(est["llc"]), llc_se=float(est["llc_se"]),
                    healthy=int(est.attrs["healthy"]), diverged=0,
-                   verdict=str(est.attrs["verdict"]))  # fmt: skip
+                   verdict=str(est.attrs["verdict"]), failed_checks=",".join(failed))  # fmt: skip
     except slt_ppl.DivergenceError as err:
-        row.update(llc=math.nan, llc_se=math.nan, healthy=0, diverged=1, verdict=str(err))
+        row.update(llc=math.nan, llc_se=math.nan, healthy=0, diverged=1, verdict=str(err),
+                   failed_checks="finite")  # fmt: skip
     row["wall_time_s"] = time.perf_counter() - t0
     combined = math.hypot(row["llc_se"], exact_se)
     row["z"] = (row["llc"] - exact) / combined if combined > 0 else math.nan
     tolerance = Z_MAX * combined + BIAS_ALLOWANCE * abs(exact)
+    row["verdict_ok"] = int(verdict_as_expected(row["failed_checks"], exact))
     row["passed"] = int(
-        not row["diverged"] and bool(abs(row["llc"] - exact) <= tolerance) and row["healthy"] == 1
+        not row["diverged"] and bool(abs(row["llc"] - exact) <= tolerance) and row["verdict_ok"]
     )
     return row
+
+
+def verdict_as_expected(failed_checks: str, exact: float) -> bool:
+    """Healthy; or, where the exact λ of the posterior is negative (E[L_n(w)] < L_n(w*): the
+    center is not a local minimum of L_n at this data, so λ̂ is no LLC), flagged by the ``center``
+    check alone. Measured (session 8): with the full-data trace of tiny models (se 0.003-0.004)
+    the crossings w2⁴ and w1⁴·w2⁴ at n = 1000 (exact −0.022, −0.037 by quadrature) read λ̂
+    −0.022 ± 0.004 and −0.044 ± 0.003, significantly negative, and the check said so; at se
+    0.02 it could not."""
+    failed = [c for c in failed_checks.split(",") if c]
+    return not failed or (exact < 0 and failed == ["center"])
 
 
 def run_two_temperature(post: Any, theory: float, seed: int, progress: bool) -> dict[str, Any]:

@@ -83,7 +83,9 @@ def sample(
         kernel_options: passed to the kernel builder (e.g. ``{"friction": 0.2}``).
         plan: :class:`~slt_ppl.sampling.options.Plan` — ``diag_every`` (MALA-acceptance
             diagnostic every k draws, default 20), ``num_segments`` (default 20),
-            ``shared_batches`` (default True).
+            ``shared_batches`` (default True), ``full_loss`` (record L_n(w_t) on the full data
+            instead of the paired minibatch loss; default None: for tiny models where it is
+            cheap, ``sampling.defaults.choose_full_loss``; attrs["loss_trace"]).
         divergence: :class:`~slt_ppl.sampling.options.Divergence` — ``explode`` (default 1e3),
             ``retries`` (rerun with ε halved when more than ``max_fraction`` of the chains
             diverged; default 0) and ``max_fraction`` (default 0).
@@ -116,7 +118,7 @@ def sample(
             :func:`slt_ppl.llc_decomposition` (``sampling.observe``).
         observe_every: k, observe sample draws 0, k, 2k, ... (default 1: every draw).
         **legacy: the old flat keywords, still accepted: ``diag_every``, ``num_segments``,
-            ``shared_batches`` (→ plan), ``explode``, ``retry_on_divergence``,
+            ``shared_batches``, ``full_loss`` (→ plan), ``explode``, ``retry_on_divergence``,
             ``max_diverged_fraction`` (→ divergence), ``checkpoint_every``, ``resume`` (→
             checkpoint).
 
