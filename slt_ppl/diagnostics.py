@@ -22,9 +22,9 @@ Checks (each named in the verdict when it fails):
 
 Which quantity (``estimators.error_bars``): for full-batch kernels, and for runs that recorded the
 full-data loss (attrs ``loss_trace`` "full": tiny models, ``sampling.defaults.choose_full_loss``),
-the loss trace is L_n(w_t) itself and ArviZ's bulk ESS / rank-normalized R-hat are used. For minibatch traces L_B(w_t) − L_B(w*) the
-minibatch noise is white and hides slow mixing (ESS 2102 where the full-data loss of the same draws
-had 89), so ESS and R-hat are those of the noise-free signal (``signal_ess_rhat``). Standard errors
+the loss trace is L_n(w_t) itself and ArviZ's bulk ESS / rank-normalized R-hat are used. For
+minibatch traces L_B(w_t) − L_B(w*) the minibatch noise is white and hides slow mixing (ESS 2102
+where the full-data loss of the same draws had 89), so ESS and R-hat are those of the noise-free signal (``signal_ess_rhat``). Standard errors
 are ``honest_se`` = max(ArviZ MCSE, overlapping batch means of the chain-averaged trace,
 replicated batch means scaled for the correlation between chains).
 """

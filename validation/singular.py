@@ -237,7 +237,7 @@ def run_two_temperature(post: Any, theory: float, seed: int, progress: bool) -> 
     """λ̂₂ with ``sample(..., temperatures=(1, 2))`` (seam 3); ``skipped`` names why if the sampler
     or the estimator does not offer it yet."""
     out = {"llc2": math.nan, "llc2_se": math.nan, "llc2_rel_err": math.nan, "llc2_passed": -1,
-           "llc2_skipped": "", "llc2_healthy": -1}  # fmt: skip
+           "llc2_skipped": "", "llc2_healthy": -1, "llc2_verdict": ""}  # fmt: skip
     try:
         res = slt_ppl.sample(post, seed=seed, progress=progress, temperatures=TEMPERATURES)
     except TypeError as err:
@@ -258,6 +258,7 @@ def run_two_temperature(post: Any, theory: float, seed: int, progress: bool) -> 
     # the run's own verdict (R-hat/ESS/bias/relaxation at every temperature): a λ̂₂ off by more
     # than 10 % from an unhealthy run is flagged, not wrong-and-healthy; it still does not pass
     out["llc2_healthy"] = int(est.attrs.get("healthy", 0))
+    out["llc2_verdict"] = str(est.attrs.get("verdict", ""))
     within = bool(abs(out["llc2_rel_err"]) <= TWO_TEMPERATURE_REL)
     out["llc2_passed"] = int(within and out["llc2_healthy"] == 1)
     return out
@@ -334,7 +335,7 @@ def _target_meets_two_temperature(exact_two: float, theory: float) -> bool:
 
 def _two_columns(two: dict[str, Any]) -> dict[str, Any]:
     blank = {"llc2": math.nan, "llc2_se": math.nan, "llc2_rel_err": math.nan, "llc2_passed": -1,
-             "llc2_skipped": "", "llc2_healthy": -1}  # fmt: skip
+             "llc2_skipped": "", "llc2_healthy": -1, "llc2_verdict": ""}  # fmt: skip
     return {**blank, **two}
 
 

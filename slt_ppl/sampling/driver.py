@@ -38,7 +38,6 @@ from slt_ppl.kernels.preconditioners import localized_delta, pool_chains
 from slt_ppl.sampling.checkpoint import checkpoint_path, load_for_resume
 from slt_ppl.sampling.defaults import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_NUM_CHAINS,
     auto_thin,
     choose_full_loss,
     choose_kernel,
@@ -134,9 +133,8 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
             "keep_draws=True and evaluate the probe losses on the draws instead"
         )
     if external:
-        s = replace(
-            s, thin=1 if s.thin is None else s.thin, num_chains=s.num_chains or DEFAULT_NUM_CHAINS
-        )
+        chains = choose_num_chains(s.num_chains, posterior.n, int(posterior.dim), external=True)[0]
+        s = replace(s, thin=1 if s.thin is None else s.thin, num_chains=chains)
         return backend.sample_external(posterior, s)
     probes = prepare(posterior, s.observe, s.observe_every)
     setup = _setup(backend, posterior, s, probes)
