@@ -2,7 +2,7 @@
 loss L_B(w_t) − L_B(w*) (``sampling.defaults.choose_full_loss``; ``Plan.full_loss``).
 
 Why: the paired trace's minibatch noise is shared by all chains (one batch per step), so more
-chains do not average it out; on the crossing y = x·w2² (n = 1000) the same 16-chain run read
+chains do not average it out; on the crossing y = x·w2 (n = 1000) the same 16-chain run read
 λ̂ = 0.256 ± 0.021 from the minibatch trace and 0.240 ± 0.006 from the full-data loss of its draws
 (exact 0.235 by quadrature; docs/validation.md, session 8). Here: the choice rule, the recorded
 trace equals L_n at the kept draws on both backends, and the estimators treat it as noise-free.

@@ -90,7 +90,7 @@ def choose_full_loss(
 
     Why: a minibatch run otherwise records the paired trace L_B(w_t) − L_B(w*), whose minibatch
     noise is shared by all chains (one batch per step), so it does not average out over chains:
-    on the crossing y = x·w2² (n = 1000) 16 chains gave se 0.021 where 4 gave 0.024. The full-data
+    on the crossing y = x·w2 (n = 1000) 16 chains gave se 0.021 where 4 gave 0.024. The full-data
     trace has no such noise, and the estimand nβ·(E[L_n(w)] − L_n(w*)) is the same. On a tiny model
     with automatic thinning (thin ≥ 1000 on the crossings) one full-data evaluation per draw costs
     well under one step's overhead per step. Measured in docs/validation.md (session 8).
