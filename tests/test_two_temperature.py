@@ -148,14 +148,8 @@ def test_each_temperature_steps_at_eps_over_factor():
     assert float(bias) == pytest.approx(float(est_cold["llc_bias_estimate"]), rel=1e-6)
 
 
-def test_two_temperatures_tune_the_single_temperature_step_size():
-    """The along-chain adaptation looks at the first temperature's chains only, which are the
-    single-temperature run's chains (same seed: same keys and minibatches), so a ``temperatures``
-    run picks the ε of that run (up to float32 rounding) (thin given: no burn-in re-adaptation, whose windows
-    depend on thin). Tuned on all chains (session 6) the colder chains' heating set ε, 15-35 %
-    smaller on the DLN. (~6 s)"""
-    import json
-
+def _regression_posterior():
+    """y = x·w + N(0, 0.5²), n = 800, d = 3, centered at least squares (JAX loss)."""
     import jax.numpy as jnp
 
     rng = np.random.default_rng(2)
@@ -167,7 +161,18 @@ def test_two_temperatures_tune_the_single_temperature_step_size():
 
     data = {"x": jnp.asarray(x, jnp.float32), "y": jnp.asarray(y, jnp.float32)}
     center = jnp.asarray(np.linalg.lstsq(x, y, rcond=None)[0], jnp.float32)
-    post = slt_ppl.localize(loss, data, center, backend="jax")
+    return slt_ppl.localize(loss, data, center, backend="jax")
+
+
+def test_two_temperatures_tune_the_single_temperature_step_size():
+    """The along-chain adaptation looks at the first temperature's chains only, which are the
+    single-temperature run's chains (same seed: same keys and minibatches), so a ``temperatures``
+    run picks the ε of that run (up to float32 rounding) (thin given: no burn-in re-adaptation, whose windows
+    depend on thin). Tuned on all chains (session 6) the colder chains' heating set ε, 15-35 %
+    smaller on the DLN. (~6 s)"""
+    import json
+
+    post = _regression_posterior()
     kw = dict(num_chains=2, num_draws=50, thin=2, batch_size=64, progress=False, seed=5)
     one = slt_ppl.sample(post, **kw)
     two = slt_ppl.sample(post, temperatures=(1.0, 3.0), **kw)
@@ -185,21 +190,10 @@ def test_minibatch_heating_warning_checks_every_temperature():
     (the same chains), the factor-2 chains carry about twice the relative noise heating (first
     order: tr Σ_B grows as f², ε/f), and the warning names that temperature. Batch 16 of n = 800:
     at ε = 1e-4 the estimate is ≈ 6 % (factor 1) and ≈ 10 % (factor 2), at 1e-5 under 2 %. (~8 s)"""
-    import jax.numpy as jnp
-
     from slt_ppl.estimators._common import temperature_slices
     from slt_ppl.sampling.stepsize import _noise_heating, warn_minibatch_heating
 
-    rng = np.random.default_rng(2)
-    x = rng.normal(size=(800, 3))
-    y = x @ np.array([0.5, -1.0, 0.0]) + 0.5 * rng.normal(size=800)
-
-    def loss(w, batch):
-        return 0.5 * jnp.mean((batch["y"] - batch["x"] @ w) ** 2) / 0.25
-
-    data = {"x": jnp.asarray(x, jnp.float32), "y": jnp.asarray(y, jnp.float32)}
-    center = jnp.asarray(np.linalg.lstsq(x, y, rcond=None)[0], jnp.float32)
-    post = slt_ppl.localize(loss, data, center, backend="jax")
+    post = _regression_posterior()
     kw = dict(num_chains=4, num_draws=400, num_burnin=200, thin=2, batch_size=16,
               progress=False, seed=5)  # fmt: skip
     with pytest.warns(slt_ppl.HealthWarning, match="temperature factor 2"):
