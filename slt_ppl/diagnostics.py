@@ -15,6 +15,9 @@ Checks (each named in the verdict when it fails):
                  below max(2·se, 5 %·|λ̂|) (``estimators.bias``; so halving ε would move λ̂ by
                  less than half that); fails when the estimate is unavailable for a
                  stochastic-gradient kernel
+    tamed        (SG kernels) at most ``max_tamed_fraction`` of the sampling steps clipped their drift
+                 (``kernels.base.tame_drift``: where the step is too large for the curvature the
+                 chain reached, the Euler step would overshoot and, repeated, explode)
     relaxation   (when the result records ‖w − w*‖) the run was long enough for the directions that
                  only the localization holds (precision γ) to leave w*: fails when the theory says
                  they are still relaxing (:func:`relaxation_deficit` > 5 %) *and* the draws show it
@@ -50,6 +53,7 @@ __all__ = [
     "relaxation_check",
     "relaxation_deficit",
     "rhat",
+    "tamed_check",
     "trend_z",
 ]
 
@@ -69,6 +73,7 @@ class HealthThresholds:
     min_ess: float = 100.0
     trend_z: float = 4.0
     bias_share: float = 1.0
+    max_tamed_fraction: float = 1e-4
 
 
 def trend_z(trace: xr.DataArray) -> float:
@@ -182,6 +187,27 @@ def _acceptance_check(acceptance: xr.DataArray, kernel: str) -> tuple[float, boo
     return a, a >= band[0], f"mean acceptance {a:.3f} (target {band[0]}-{band[1]}){hint}"
 
 
+def tamed_check(
+    tamed: xr.DataArray | None, thin: int, max_fraction: float
+) -> tuple[float, bool, str] | None:
+    """(fraction, passed, detail) of the ``tamed`` check from the per-draw counts of clipped steps
+    (``sample_stats.tamed``, healthy chains; each draw stands for ``thin`` steps); None when the
+    run has no such record (kernels that never clip, older results)."""
+    if tamed is None or not np.isfinite(tamed.values).any():
+        return None
+    values = tamed.values[np.isfinite(tamed.values)]
+    steps = values.size * max(1, int(thin))
+    count = float(values.sum())
+    fraction = count / steps
+    detail = (
+        f"{count:.0f} of {steps:.3g} steps clipped their drift (fraction {fraction:.2g}, max "
+        f"{max_fraction:g})"
+    )
+    if fraction > max_fraction:
+        detail += ": the chains reach curvature the step cannot integrate — decrease the step size"
+    return fraction, fraction <= max_fraction, detail
+
+
 def health_checks(
     trace: xr.DataArray,
     acceptance: xr.DataArray | None,
@@ -193,6 +219,7 @@ def health_checks(
     bias: tuple[float, bool, str] | None = None,
     center: tuple[float, bool, str] | None = None,
     relaxation: tuple[float, bool, str] | None = None,
+    tamed: tuple[float, bool, str] | None = None,
 ) -> xr.Dataset:
     """Run every check on ``trace`` (dims chain, draw; healthy chains only) and return a Dataset with
     dim ``check``: value, passed, detail — and attrs ``healthy``, ``verdict`` and ``mixing_on``.
@@ -200,7 +227,8 @@ def health_checks(
     ``minibatch``: the trace carries minibatch noise (ESS / R-hat of its signal, see ``mixing``);
     ``bias``: (value, passed, detail) of the ``bias`` check (``estimators.bias.bias_check``);
     ``center``: (value, passed, detail) of the ``center`` check (``estimators.llc.center_check``);
-    ``relaxation``: (value, passed, detail) of the ``relaxation`` check (:func:`relaxation_check`)."""
+    ``relaxation``: (value, passed, detail) of the ``relaxation`` check (:func:`relaxation_check`);
+    ``tamed``: (value, passed, detail) of the ``tamed`` check (:func:`tamed_check`)."""
     th = thresholds or HealthThresholds()
     rows = [("finite", *_finite_check(diverged_at))]
     e, r, basis = mixing(trace, minibatch)
@@ -221,6 +249,8 @@ def health_checks(
         rows.append(("center", *center))
     if relaxation is not None:
         rows.append(("relaxation", *relaxation))
+    if tamed is not None:
+        rows.append(("tamed", *tamed))
     names, values, passed, details = zip(*rows, strict=True)
     ds = xr.Dataset(
         {

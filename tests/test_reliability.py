@@ -107,16 +107,23 @@ def test_retry_rescues_an_unstable_step_size(regression_posterior):
 
     h = top_curvature(regression_posterior, regression_posterior.data)
     eps = 5.0 / h  # |1 - eps*h/2| = 1.5: the top direction blows up; eps/2 is stable
+    kw = dict(kernel="sgld", thin=1, num_chains=2, num_draws=100, step_size=eps, progress=False,
+              num_segments=2)  # fmt: skip
+    # untamed (``kernels.base.tame_drift`` off), the unstable direction blows up and is retried
     with pytest.warns(HealthWarning, match="unstable"):
         res = slt_ppl.sample(
-            regression_posterior, kernel="sgld", thin=1, num_chains=2, num_draws=100, step_size=eps,
-            progress=False,
-            num_segments=2, retry_on_divergence=1,
-        )  # fmt: skip
+            regression_posterior, retry_on_divergence=1, kernel_options={"tame": None}, **kw
+        )
     history = json.loads(res.attrs["retry_history"])
     assert history[0]["chains_diverged"] == 2
     assert history[1] == {"step_size": eps / 2, "chains_diverged": 0}
     assert (res["sample_stats"]["diverged_at"].values == -1).all()
+    # tamed (the default), the chains stay finite at the same ε, and the verdict says why it is wrong
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = slt_ppl.llc(slt_ppl.sample(regression_posterior, **kw), warn=False)
+    checks = dict(zip(est["check"].values, est["check_passed"].values, strict=True))
+    assert est.attrs["healthy"] == 0 and not checks["tamed"], est.attrs["verdict"]
 
 
 def test_same_seed_same_result_and_chains_independent_of_num_chains(regression_posterior):

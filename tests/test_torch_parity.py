@@ -136,15 +136,12 @@ def test_retry_on_divergence_halves_the_step(posterior):
 
     h = top_curvature(posterior, posterior.data)
     eps = 5.0 / h  # |1 − εh/2| = 1.5: the stiffest direction blows up; ε/2 is stable
-    bad = slt_ppl.sample(
-        posterior, kernel="sgld", num_chains=2, num_draws=60, step_size=eps, progress=False,
-        num_segments=2, explode=10.0, thin=1,
-    )  # fmt: skip
+    # untamed (``tame_drift`` off: tamed chains stay finite here, tests/test_tamed_drift.py)
+    kw = dict(kernel="sgld", num_chains=2, num_draws=60, step_size=eps, progress=False,
+              num_segments=2, explode=10.0, thin=1, kernel_options={"tame": None})  # fmt: skip
+    bad = slt_ppl.sample(posterior, **kw)
     assert (bad["sample_stats"]["diverged_at"].values >= 0).all()
-    res = slt_ppl.sample(
-        posterior, kernel="sgld", num_chains=2, num_draws=60, step_size=eps, progress=False,
-        num_segments=2, retry_on_divergence=1, explode=10.0, thin=1,
-    )  # fmt: skip
+    res = slt_ppl.sample(posterior, retry_on_divergence=1, **kw)
     history = json.loads(res.attrs["retry_history"])
     assert history[0] == {"step_size": eps, "chains_diverged": 2}
     assert history[1] == {"step_size": eps / 2, "chains_diverged": 0}

@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from slt_ppl.diagnostics import HealthThresholds, health_checks, relaxation_check
+from slt_ppl.diagnostics import HealthThresholds, health_checks, relaxation_check, tamed_check
 from slt_ppl.errors import HealthWarning, SuspiciousCenterWarning
 from slt_ppl.estimators._common import (
     TEMPERATURE,
@@ -101,12 +101,15 @@ def estimate_llc(
     se = nbeta * honest_se(good)
     bias = heating_estimate(stats.sel(chain=ok), attrs)
     kernel = str(attrs.get("kernel", ""))
+    th = thresholds or HealthThresholds()
+    tamed = stats["tamed"].sel(chain=ok) if "tamed" in stats else None
     checks = health_checks(
         good, stats["acceptance"].sel(chain=ok), stats["diverged_at"], kernel, thresholds,
         minibatch=is_minibatch(attrs),
-        bias=bias_check(bias, estimate, se, (thresholds or HealthThresholds()).bias_share),
+        bias=bias_check(bias, estimate, se, th.bias_share),
         center=center_check(estimate, se, attrs),
         relaxation=relaxation_check(_distance(stats, ok), attrs, thresholds),
+        tamed=tamed_check(tamed, int(attrs.get("thin", 1)), th.max_tamed_fraction),
     )  # fmt: skip
     values = dict(zip(checks["check"].values, checks["check_value"].values, strict=True))
     ds = xr.Dataset(

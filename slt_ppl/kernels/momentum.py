@@ -42,6 +42,10 @@ noise is absorbed exactly, anisotropic noise on average). On a Gaussian, coordin
 σ_j²·κ/(1 − εω_j²/4), κ = 1/mean_k[1/(1 − εω_k²/4)] ≈ 1 − ε·mean(ω²)/4 (ζ's fluctuations
 neglected): the coordinates share the discretization error and E[U − U_min] = d/2 has none.
 
+Taming (``kernels.base.tame_drift``, on by default): each kick uses g̃_i = g_i/max(1, h|g_i|/(2·tame)),
+the same clip as SGLD's (one step with friction 1 is a Langevin step), so a chain that reaches a wall
+steeper than its step can integrate is held back instead of exploding; clipped steps are counted.
+
 ``score`` is the leapfrog energy error of the step, evaluated on the same minibatch: see
 :func:`leapfrog_log_acceptance`.
 
@@ -57,7 +61,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from slt_ppl.kernels.base import Kernel, PotentialFn, StepInfo
+from slt_ppl.kernels.base import TAME_LIMIT, Kernel, PotentialFn, StepInfo, check_tame, tame_drift
 
 Array = jax.Array
 
@@ -131,11 +135,13 @@ def _obabo(
     return p - 0.5 * h * grad
 
 
-def sghmc(friction: float = 0.1) -> Kernel:
+def sghmc(friction: float = 0.1, tame: float | None = TAME_LIMIT) -> Kernel:
     """SGHMC with persistent momentum (Chen, Fox, Guestrin 2014), integrated by OBABO with h = √ε:
     p ← p − (h/2)g; p ← a₀p + √(1 − a₀²)ξ; p ← p − (h/2)g; w ← w + h·p (module docstring).
-    ``friction`` ∈ (0, 1] = 1 − a₀, the per-step damping."""
+    ``friction`` ∈ (0, 1] = 1 − a₀, the per-step damping; g is tamed at ``tame`` (module
+    docstring)."""
     check_friction(friction, sgnht=False)
+    check_tame(tame)
     damping = 1.0 - friction
     noise_scale = math.sqrt(1.0 - damping**2)
 
@@ -147,12 +153,13 @@ def sghmc(friction: float = 0.1) -> Kernel:
     ) -> tuple[SGHMCState, StepInfo]:
         (potential, loss), grad = jax.value_and_grad(potential_fn, has_aux=True)(state.position)
         h = jnp.sqrt(step_size)
+        grad, tamed = tame_drift(grad, step_size, 1.0, tame)
         momentum = _obabo(key, state.momentum, grad, h, damping, noise_scale)
         position = state.position + h * momentum
-        info = StepInfo(loss, potential, grad, _nan_like(grad), jnp.ones_like(grad))
+        info = StepInfo(loss, potential, grad, _nan_like(grad), jnp.ones_like(grad), tamed)
         return SGHMCState(position, momentum), info
 
-    params = {"friction": friction}
+    params = {"friction": friction, "tame": tame}
     return Kernel("sghmc", init, step, "probe", False, params, score=leapfrog_log_acceptance)
 
 
@@ -163,12 +170,16 @@ def thermostat_rate(friction: float, thermostat_steps: float) -> float:
     return (1.0 - a0**2) / (2.0 * a0**2 * thermostat_steps)
 
 
-def sgnht(friction: float = 0.1, thermostat_steps: float = 100.0) -> Kernel:
+def sgnht(
+    friction: float = 0.1, thermostat_steps: float = 100.0, tame: float | None = TAME_LIMIT
+) -> Kernel:
     """SGNHT (Ding et al. 2014): the SGHMC step with damping a = exp(−ζ) and a thermostat
     ζ ← ζ + r·(|p|²/d − 1), r = (1 − a₀²)/(2a₀²·τ) (module docstring).
     ``friction`` ∈ (0, 1) sets the noise √(1 − a₀²), a₀ = 1 − friction, and the
-    thermostat's start −log a₀; ``thermostat_steps`` (> 0) its relaxation time in steps."""
+    thermostat's start −log a₀; ``thermostat_steps`` (> 0) its relaxation time in steps; g is
+    tamed at ``tame`` (module docstring)."""
     check_friction(friction, sgnht=True, thermostat_steps=thermostat_steps)
+    check_tame(tame)
     noise_scale = math.sqrt(1.0 - (1.0 - friction) ** 2)
     start = -math.log1p(-friction)
     rate = thermostat_rate(friction, thermostat_steps)
@@ -183,11 +194,12 @@ def sgnht(friction: float = 0.1, thermostat_steps: float = 100.0) -> Kernel:
         (potential, loss), grad = jax.value_and_grad(potential_fn, has_aux=True)(state.position)
         h = jnp.sqrt(step_size)
         damping = jnp.exp(-state.thermostat)
+        grad, tamed = tame_drift(grad, step_size, 1.0, tame)
         momentum = _obabo(key, state.momentum, grad, h, damping, noise_scale)
         position = state.position + h * momentum
         thermostat = state.thermostat + rate * (jnp.mean(momentum**2) - 1.0)
-        info = StepInfo(loss, potential, grad, _nan_like(grad), jnp.ones_like(grad))
+        info = StepInfo(loss, potential, grad, _nan_like(grad), jnp.ones_like(grad), tamed)
         return SGNHTState(position, momentum, thermostat), info
 
-    params = {"friction": friction, "thermostat_steps": thermostat_steps}
+    params = {"friction": friction, "thermostat_steps": thermostat_steps, "tame": tame}
     return Kernel("sgnht", init, step, "probe", False, params, score=leapfrog_log_acceptance)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from blackjax.sgmcmc.diffusions import overdamped_langevin
 
-from slt_ppl.kernels.base import Kernel, PotentialFn, StepInfo
+from slt_ppl.kernels.base import TAME_LIMIT, Kernel, PotentialFn, StepInfo, check_tame, tame_drift
 from slt_ppl.kernels.preconditioners import Preconditioner, identity, rmsprop
 
 Array = jax.Array
@@ -28,10 +28,13 @@ class SGLDState(NamedTuple):
     precond_state: Any
 
 
-def sgld(preconditioner: Preconditioner | None = None) -> Kernel:
+def sgld(preconditioner: Preconditioner | None = None, tame: float | None = TAME_LIMIT) -> Kernel:
     """Build an (optionally preconditioned) SGLD kernel:
     w ← w − (ε/2)·G⊙∇U_B(w) + √(ε·G)⊙ξ, ξ ~ N(0, I), G = 1 without a preconditioner
-    (Welling & Teh 2011; preconditioned: Li et al. 2016, without the Γ correction term)."""
+    (Welling & Teh 2011; preconditioned: Li et al. 2016, without the Γ correction term), the drift
+    of each coordinate clipped at ``tame`` noise standard deviations (``kernels.base.tame_drift``; None:
+    never)."""
+    check_tame(tame)
     precond = preconditioner or identity()
     langevin = overdamped_langevin()
 
@@ -43,6 +46,7 @@ def sgld(preconditioner: Preconditioner | None = None) -> Kernel:
     ) -> tuple[SGLDState, StepInfo]:
         (potential, loss), grad = jax.value_and_grad(potential_fn, has_aux=True)(state.position)
         precond_state, g_diag = precond.update(state.precond_state, grad)
+        grad, tamed = tame_drift(grad, step_size, g_diag, tame)
         if precond.name == "identity":
             new_position = langevin(key, state.position, -grad, step_size / 2.0)
         else:
@@ -52,7 +56,7 @@ def sgld(preconditioner: Preconditioner | None = None) -> Kernel:
                 - 0.5 * step_size * g_diag * grad
                 + jnp.sqrt(step_size * g_diag) * noise
             )
-        info = StepInfo(loss, potential, grad, jnp.full((), jnp.nan, grad.dtype), g_diag)
+        info = StepInfo(loss, potential, grad, jnp.full((), jnp.nan, grad.dtype), g_diag, tamed)
         return SGLDState(new_position, precond_state), info
 
     return Kernel(
@@ -61,18 +65,21 @@ def sgld(preconditioner: Preconditioner | None = None) -> Kernel:
         step=step,
         proposal="langevin",
         full_batch=False,
-        params={"preconditioner": precond.name},
+        params={"preconditioner": precond.name, "tame": tame},
         preconditioner=precond,
     )
 
 
 def rmsprop_sgld(
-    alpha: float = 0.99, delta: float = 1e-5, freeze_after: int | None = None
+    alpha: float = 0.99,
+    delta: float = 1e-5,
+    freeze_after: int | None = None,
+    tame: float | None = TAME_LIMIT,
 ) -> Kernel:
     """pSGLD with the RMSprop preconditioner (Li et al. 2016): V ← αV + (1−α)g²,
     G = 1/(√V̂ + δ), then the SGLD step with G (:func:`sgld`); ``slt_ppl.sample`` freezes the
     preconditioner at the end of burn-in unless told otherwise (see ``preconditioners.rmsprop``)."""
-    kernel = sgld(rmsprop(alpha, delta, freeze_after))
+    kernel = sgld(rmsprop(alpha, delta, freeze_after), tame=tame)
     return kernel._replace(
         name="rmsprop_sgld",
         params={
@@ -80,5 +87,6 @@ def rmsprop_sgld(
             "alpha": alpha,
             "delta": delta,
             "freeze_after": -1 if freeze_after is None else int(freeze_after),
+            "tame": tame,
         },
     )

@@ -19,6 +19,7 @@ h = √ε. Torch draws differ from JAX draws (different generators); only the st
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -32,13 +33,15 @@ class StepInfo(NamedTuple):
     """About the pre-step positions (per chain): loss L_B (NaN for full-batch kernels), potential
     U_B,
     grad ∇U_B, acceptance (Metropolis probability for MALA, NaN for SG kernels), precond G
-    (ones)."""
+    (ones), tamed (C,) whether the step clipped the chain's drift (``tame_drift``; None for
+    kernels that never do). ``grad`` is the gradient the step moved with (tamed where clipped)."""
 
     loss: Tensor
     potential: Tensor
     grad: Tensor
     acceptance: Tensor
     precond: Tensor
+    tamed: Tensor | None = None
 
 
 class TorchKernel(NamedTuple):
@@ -121,3 +124,19 @@ def uniform(gen: torch.Generator | ChainNoise, like: Tensor) -> Tensor:
 def nan_like(x: Tensor) -> Tensor:
     """A NaN per chain (shape (C,)) for the chains of ``x`` (C, d)."""
     return torch.full(x.shape[:1], float("nan"), dtype=x.dtype, device=x.device)
+
+
+def tame_drift(
+    grad: Tensor, step_size: float | Tensor, precond: Tensor | float, limit: float | None
+) -> tuple[Tensor, Tensor | None]:
+    """Per chain (the gradient the step moves with, whether a coordinate was clipped):
+    g_i/max(1, √(ε·G_i)·|g_i|/(2·limit)), as ``slt_ppl.kernels.base.tame_drift`` (which says why);
+    ``limit`` None: no clipping."""
+    if limit is None:
+        return grad, None
+    spread = step_size * precond  # ε·G: a float, or a tensor (per-chain ε or a preconditioner)
+    if isinstance(spread, Tensor):
+        ratio = grad.abs() * (0.5 / limit) * torch.sqrt(spread)
+    else:
+        ratio = grad.abs() * (0.5 * math.sqrt(spread) / limit)
+    return grad / torch.clamp(ratio, min=1.0), (ratio > 1.0).any(dim=-1)

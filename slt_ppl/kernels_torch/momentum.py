@@ -17,8 +17,17 @@ from typing import NamedTuple
 
 import torch
 
+from slt_ppl.kernels.base import TAME_LIMIT, check_tame
 from slt_ppl.kernels.momentum import check_friction, thermostat_rate
-from slt_ppl.kernels_torch.base import StepInfo, Tensor, TorchKernel, ValueAndGrad, nan_like, normal
+from slt_ppl.kernels_torch.base import (
+    StepInfo,
+    Tensor,
+    TorchKernel,
+    ValueAndGrad,
+    nan_like,
+    normal,
+    tame_drift,
+)
 
 
 class MomentumState(NamedTuple):
@@ -57,8 +66,12 @@ def _obabo(
     return p - 0.5 * h * grad
 
 
-def _momentum_kernel(name: str, friction: float, start: float, rate: float) -> TorchKernel:
-    """SGHMC (``rate`` 0: the damping stays a₀) or SGNHT (thermostat from ``start`` at ``rate``)."""
+def _momentum_kernel(
+    name: str, friction: float, start: float, rate: float, tame: float | None
+) -> TorchKernel:
+    """SGHMC (``rate`` 0: the damping stays a₀) or SGNHT (thermostat from ``start`` at ``rate``),
+    kicks tamed at ``tame`` (``slt_ppl.kernels.base.tame_drift``)."""
+    check_tame(tame)
     noise_scale = math.sqrt(1.0 - (1.0 - friction) ** 2)
 
     def init(gen: torch.Generator, position: Tensor, vg: ValueAndGrad) -> MomentumState:
@@ -71,26 +84,30 @@ def _momentum_kernel(name: str, friction: float, start: float, rate: float) -> T
         potential, loss, grad = vg(state.position)
         h = step_size**0.5  # a float, or (C, 1) per-chain (temperatures)
         damping = 1.0 - friction if rate == 0.0 else torch.exp(-state.thermostat)[:, None]
+        grad, tamed = tame_drift(grad, step_size, 1.0, tame)
         momentum = _obabo(gen, state.momentum, grad, h, damping, noise_scale)
         position = state.position + h * momentum
         thermostat = state.thermostat + rate * (torch.mean(momentum**2, dim=-1) - 1.0)
-        info = StepInfo(loss, potential, grad, nan_like(grad), torch.ones_like(grad))
+        info = StepInfo(loss, potential, grad, nan_like(grad), torch.ones_like(grad), tamed)
         return MomentumState(position, momentum, thermostat), info
 
-    params = {"friction": friction}
+    params = {"friction": friction, "tame": tame}
     return TorchKernel(name, init, step, "probe", False, params, score=leapfrog_log_acceptance)
 
 
-def sghmc(friction: float = 0.1) -> TorchKernel:
+def sghmc(friction: float = 0.1, tame: float | None = TAME_LIMIT) -> TorchKernel:
     """SGHMC with persistent momentum; ``friction`` ∈ (0, 1] = 1 − a₀, the per-step damping."""
     check_friction(friction, sgnht=False)
-    return _momentum_kernel("sghmc", friction, math.nan, 0.0)
+    return _momentum_kernel("sghmc", friction, math.nan, 0.0, tame)
 
 
-def sgnht(friction: float = 0.1, thermostat_steps: float = 100.0) -> TorchKernel:
+def sgnht(
+    friction: float = 0.1, thermostat_steps: float = 100.0, tame: float | None = TAME_LIMIT
+) -> TorchKernel:
     """SGNHT; ``friction`` ∈ (0, 1) sets the noise √(1 − a₀²) and the thermostat's start −log a₀;
     ``thermostat_steps`` (> 0) its relaxation time in steps."""
     check_friction(friction, sgnht=True, thermostat_steps=thermostat_steps)
     rate = thermostat_rate(friction, thermostat_steps)
-    kernel = _momentum_kernel("sgnht", friction, -math.log1p(-friction), rate)
-    return kernel._replace(params={"friction": friction, "thermostat_steps": thermostat_steps})
+    kernel = _momentum_kernel("sgnht", friction, -math.log1p(-friction), rate, tame)
+    params = {"friction": friction, "thermostat_steps": thermostat_steps, "tame": tame}
+    return kernel._replace(params=params)

@@ -14,7 +14,16 @@ from typing import NamedTuple
 
 import torch
 
-from slt_ppl.kernels_torch.base import StepInfo, Tensor, TorchKernel, ValueAndGrad, nan_like, normal
+from slt_ppl.kernels.base import TAME_LIMIT, check_tame
+from slt_ppl.kernels_torch.base import (
+    StepInfo,
+    Tensor,
+    TorchKernel,
+    ValueAndGrad,
+    nan_like,
+    normal,
+    tame_drift,
+)
 
 
 class SGLDState(NamedTuple):
@@ -26,11 +35,16 @@ class SGLDState(NamedTuple):
 
 
 def sgld(
-    alpha: float | None = None, delta: float = 1e-5, freeze_after: int | None = None
+    alpha: float | None = None,
+    delta: float = 1e-5,
+    freeze_after: int | None = None,
+    tame: float | None = TAME_LIMIT,
 ) -> TorchKernel:
-    """Plain SGLD (``alpha=None``) or RMSprop-preconditioned SGLD with decay ``alpha``."""
+    """Plain SGLD (``alpha=None``) or RMSprop-preconditioned SGLD with decay ``alpha``; the drift
+    clipped at ``tame`` noise standard deviations (``slt_ppl.kernels.base.tame_drift``)."""
     if alpha is not None and not 0.0 < alpha < 1.0:
         raise ValueError(f"rmsprop alpha must lie in (0, 1), got {alpha}")
+    check_tame(tame)
 
     def init(gen: torch.Generator, position: Tensor, vg: ValueAndGrad) -> SGLDState:
         # plain SGLD keeps no second moment: a (C, 0) tensor, so freezing a chain costs nothing
@@ -46,6 +60,7 @@ def sgld(
         noise = normal(gen, grad)
         if alpha is None:  # plain SGLD: G = 1, no preconditioner arithmetic on the hot path
             g_diag = torch.ones_like(grad)
+            grad, tamed = tame_drift(grad, step_size, 1.0, tame)
             if isinstance(step_size, Tensor):  # per-chain ε, shape (C, 1) (temperatures)
                 position = state.position - 0.5 * step_size * grad + step_size**0.5 * noise
             else:
@@ -66,27 +81,33 @@ def sgld(
                 seen, v / torch.where(seen, 1.0 - alpha ** count[:, None], 1.0), 0.0
             )
             g_diag = 1.0 / (torch.sqrt(v_hat) + delta)
+            grad, tamed = tame_drift(grad, step_size, g_diag, tame)
             position = (
                 state.position
                 - 0.5 * step_size * g_diag * grad
                 + torch.sqrt(step_size * g_diag) * noise
             )
-        info = StepInfo(loss, potential, grad, nan_like(grad), g_diag)
+        info = StepInfo(loss, potential, grad, nan_like(grad), g_diag, tamed)
         return SGLDState(position, v, count), info
 
     if alpha is None:
-        return TorchKernel("sgld", init, step, "langevin", False, {"preconditioner": "identity"})
+        params = {"preconditioner": "identity", "tame": tame}
+        return TorchKernel("sgld", init, step, "langevin", False, params)
     params = {
         "preconditioner": "rmsprop",
         "alpha": alpha,
         "delta": delta,
         "freeze_after": -1 if freeze_after is None else int(freeze_after),
+        "tame": tame,
     }
     return TorchKernel("rmsprop_sgld", init, step, "langevin", False, params)
 
 
 def rmsprop_sgld(
-    alpha: float = 0.99, delta: float = 1e-5, freeze_after: int | None = None
+    alpha: float = 0.99,
+    delta: float = 1e-5,
+    freeze_after: int | None = None,
+    tame: float | None = TAME_LIMIT,
 ) -> TorchKernel:
     """pSGLD with the RMSprop preconditioner (Li et al. 2016)."""
-    return sgld(alpha, delta, freeze_after)
+    return sgld(alpha, delta, freeze_after, tame)

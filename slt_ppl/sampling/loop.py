@@ -74,6 +74,7 @@ class DrawRecord(NamedTuple):
     position: Array  # shape (0,) unless draws are kept
     laplacian: Array  # tr(G·∇²(nβ·L_B))(w_t), Hutchinson, one probe; NaN off diagnostic draws
     grad_noise: Array  # tr(G·Σ_B)(w_t) from half-batch gradients; 0 full batch; NaN off diag draws
+    tamed: Array  # steps of this draw (of ``thin``) whose drift was clipped (``kernels.base.tame_drift``)
     # probe name -> per-row (per-token) losses at w_t (``sampling.observe``); NaN off observed draws
     # inside the program, only observed draws once a segment is on the host
     observed: Any = None
@@ -105,6 +106,12 @@ def mala_log_acceptance(
 
 def _position(kernel_state: Any) -> Array:
     return kernel_state.position
+
+
+def _tamed(info: Any) -> Array:
+    """1.0 where the step clipped its drift (``kernels.base.tame_drift``), else 0.0."""
+    dtype = info.potential.dtype
+    return jnp.zeros((), dtype) if info.tamed is None else info.tamed.astype(dtype)
 
 
 def heating_statistics(
@@ -497,19 +504,24 @@ class SegmentRunner:
             position=jnp.where(alive, w, jnp.nan) if self.keep_draws else jnp.zeros((0,), dtype),
             laplacian=jnp.where(alive, laplacian, nan),
             grad_noise=jnp.where(alive, grad_noise, nan),
+            tamed=jnp.where(alive, _tamed(info), nan),  # the draw's first step; ``rest`` adds
         )
 
         record = record._replace(observed=self._observe(ctx, w, i, alive))
 
-        def rest(carry: ChainState, j: Array) -> tuple[ChainState, None]:
+        def rest(carry: tuple[ChainState, Array], j: Array) -> tuple[Any, None]:
+            chain, tamed = carry
             t = t0 + j
             b = self.batch(batch_key, t, post.data)
             k = jax.random.fold_in(chain_key, t)
-            ks, _, fin = self._step(ctx, carry, k, b, step_size)
-            return self._commit(carry, ks, fin, t), None
+            ks, info, fin = self._step(ctx, chain, k, b, step_size)
+            return (self._commit(chain, ks, fin, t), tamed + _tamed(info)), None
 
         if self.thin > 1:
-            new_state, _ = jax.lax.scan(rest, new_state, jnp.arange(1, self.thin))
+            (new_state, tamed), _ = jax.lax.scan(
+                rest, (new_state, record.tamed), jnp.arange(1, self.thin)
+            )
+            record = record._replace(tamed=tamed)
         return new_state, record
 
     def _observe(self, ctx: _Context, w: Array, i: Array, alive: Array) -> dict[str, Array]:

@@ -4,7 +4,10 @@ Groups (dims ``chain``, ``draw``):
     sample_stats         loss (L_B(w_t), or L_n for full-batch kernels), loss_center (L_B(w*) on the
                          same minibatch), acceptance (MALA diagnostic for SG kernels, Metropolis
                          acceptance for MALA/HMC/NUTS), grad_norm ‖∇U_B(w_t)‖, distance ‖w_t − w*‖,
-                         diverged_at (chain; step of the first bad step, −1 if healthy)
+                         diverged_at (chain; step of the first bad step, −1 if healthy),
+                         and for SG kernels laplacian, grad_noise (heating statistics on
+                         diagnostic draws) and tamed (steps of the draw whose drift was clipped,
+                         ``kernels.base.tame_drift``)
     warmup_sample_stats  the same over the burn-in
     posterior            (optional) parameter draws, one variable per site, constrained values
 
@@ -37,7 +40,7 @@ from slt_ppl.posterior import LocalPosterior
 STAT_FIELDS = ("loss", "loss_center", "acceptance", "grad_norm", "distance")
 # heating statistics of SG kernels on diagnostic draws (sampling.loop.heating_statistics); a
 # backend that does not record them yet leaves them out and the estimators say so
-OPTIONAL_FIELDS = ("laplacian", "grad_noise")
+OPTIONAL_FIELDS = ("laplacian", "grad_noise", "tamed")
 
 
 def versions() -> dict[str, str]:

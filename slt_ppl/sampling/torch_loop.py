@@ -122,6 +122,12 @@ class _Streams(NamedTuple):
     batch_gen: torch.Generator
 
 
+def _tamed(info: StepInfo) -> Tensor:
+    """Per chain 1.0 where the step clipped its drift (``tame_drift``), else 0.0."""
+    zero = torch.zeros_like(info.potential)
+    return zero if info.tamed is None else info.tamed.to(zero.dtype)
+
+
 class _Step(NamedTuple):
     """One kernel step before freezing: new state, info, finiteness and the minibatch used."""
 
@@ -426,9 +432,12 @@ class TorchSegmentRunner:
                 values = self._fns["observe"](w, rows).to(w.dtype)
                 mask = alive.view(-1, *([1] * (values.dim() - 1)))
                 out[f"observe_{name}"][:, slot] = torch.where(mask, values, float("nan"))
+        tamed = _tamed(info)
         for k in range(1, self.thin):
             step = self._step(state, streams, t0 + k, step_size)
             state = self._commit(state, step.new_ks, step.finite, t0 + k)
+            tamed = tamed + _tamed(step.info)
+        out["tamed"][:, j] = torch.where(alive, tamed, nan)
         return state
 
     def chain_step_sizes(self, step_size: float) -> float | Tensor:
