@@ -115,3 +115,23 @@ def test_every_sg_kernel_tames(kernel):
     assert float(np.nansum(res["warmup_sample_stats"]["tamed"].values)) > 0
     with pytest.raises(slt_ppl.SettingError, match="tame"):
         run(post, kernel=kernel, kernel_options={"tame": -1.0}, num_draws=10)
+
+
+@pytest.mark.parametrize("kind", ["pyro", "module"])
+def test_torch_kernels_tame_and_count_like_jax(kind):
+    """Torch backend, a linearly unstable step (εh = 5 in the stiffest direction of a regression):
+    untamed every chain diverges (tests/test_torch_parity.py); tamed they stay finite, the
+    clipped steps are recorded and the verdict fails the ``tamed`` check."""
+    from _torch_models import torch_posterior
+
+    from slt_ppl.sampling.torch_stepsize import top_curvature
+
+    post = torch_posterior(kind)
+    eps = 5.0 / top_curvature(post, post.data)
+    res = run(post, step_size=eps, num_chains=2, num_draws=60, thin=1, init_jitter=0.0)
+    stats = res["sample_stats"]
+    assert (stats["diverged_at"].values == -1).all()
+    assert float(np.nansum(stats["tamed"].values)) > 0
+    est = slt_ppl.llc(res, warn=False)
+    passed, detail = check(est, "tamed")
+    assert not passed and est.attrs["healthy"] == 0, detail
