@@ -67,13 +67,23 @@ class HealthThresholds:
     max(2·se, 5 %·|λ̂|) by the ``bias`` check. 1.0 (default): the whole heating, so a run biased by
     more than 2 se and 5 % fails; 0.5: only what halving ε would remove (issue 13's minimum rule),
     which passed SGLD at 3× the tuned ε on a d = 10 regression with λ̂ = 5.41 ± 0.14 for λ = 5.00
-    (Δλ̂ = 0.43: Δλ̂/2 = 0.22 < 0.27 ≤ Δλ̂)."""
+    (Δλ̂ = 0.43: Δλ̂/2 = 0.22 < 0.27 ≤ Δλ̂).
+
+    ``max_tamed_fraction``: the share of sampling steps that may clip their drift
+    (``kernels.base.tame_drift``). A clipped step is one where the Euler step is locally unstable
+    (εh ≳ 4 for a typical noise draw). The heating this causes is the ``bias`` check's business
+    (its Laplacian records include those regions); this check flags runs that spend a material
+    share of their steps there. Measured at tuned ε, with λ̂ within 1.3 se of the exact value:
+    0 to 1.1·10⁻⁴ over the crossings of the singular suite (session 9); 10× the tuned ε on
+    x·w1²·w2³: 9.8·10⁻⁴ (the bias check flags that run); a quartic at 30× and 50× its ε:
+    2.6·10⁻³ and 1.4·10⁻². 10⁻⁴ (the first choice) failed an accurate run (x·w1·w2³, n = 1000,
+    RMSprop-SGLD: 1.1·10⁻⁴, λ̂ 0.073 ± 0.006 for an exact 0.067)."""
 
     max_rhat: float = 1.05
     min_ess: float = 100.0
     trend_z: float = 4.0
     bias_share: float = 1.0
-    max_tamed_fraction: float = 1e-4
+    max_tamed_fraction: float = 1e-3
 
 
 def trend_z(trace: xr.DataArray) -> float:

@@ -101,7 +101,7 @@ def test_untamed_chains_explode_on_a_quartic_and_tamed_ones_match_quadrature():
 
 def test_a_step_too_large_for_the_bulk_is_tamed_often_and_not_healthy():
     post = quartic_posterior()
-    est = slt_ppl.llc(run(post, step_size=30 * EPS, init_jitter=0.0), warn=False)
+    est = slt_ppl.llc(run(post, step_size=50 * EPS, init_jitter=0.0), warn=False)  # 1.4 % clipped
     passed, detail = check(est, "tamed")
     assert not passed and "decrease the step size" in detail, detail
     assert est.attrs["healthy"] == 0
