@@ -74,11 +74,11 @@ class HealthThresholds:
     (εh ≳ 4 for a typical noise draw). The heating this causes is the ``bias`` check's business
     (its Laplacian records include those regions); this check flags runs that spend a material
     share of their steps there. Measured at tuned ε: at most 1.1·10⁻⁴ over the 40 crossing and
-    1-unit tanh runs of the singular suite, every λ̂ within tolerance of its exact value (|z| ≤
-    2.2; session 9); 10× the tuned ε on
-    x·w1²·w2³: 9.8·10⁻⁴ (the bias check flags that run); a quartic at 30× and 50× its ε:
-    2.6·10⁻³ and 1.4·10⁻². 10⁻⁴ (the first choice) failed an accurate run (x·w1·w2³, n = 1000,
-    RMSprop-SGLD: 1.1·10⁻⁴, λ̂ 0.073 ± 0.006 for an exact 0.067)."""
+    1-unit tanh runs of the singular suite, every λ̂ within tolerance of its exact value
+    (|z| ≤ 2.2; session 9); 10× the tuned ε on x·w1²·w2³: 9.8·10⁻⁴ (the bias check flags that
+    run); a quartic at 30× and 50× its ε: 2.6·10⁻³ and 1.4·10⁻². 10⁻⁴ (the first choice) failed
+    an accurate run (x·w1·w2³, n = 1000, RMSprop-SGLD: 1.1·10⁻⁴, λ̂ 0.073 ± 0.006 for an exact
+    0.067)."""
 
     max_rhat: float = 1.05
     min_ess: float = 100.0

@@ -42,9 +42,10 @@ noise is absorbed exactly, anisotropic noise on average). On a Gaussian, coordin
 σ_j²·κ/(1 − εω_j²/4), κ = 1/mean_k[1/(1 − εω_k²/4)] ≈ 1 − ε·mean(ω²)/4 (ζ's fluctuations
 neglected): the coordinates share the discretization error and E[U − U_min] = d/2 has none.
 
-Taming (``kernels.base.tame_drift``, on by default): each kick uses g̃_i = g_i/max(1, h|g_i|/(2·tame)),
-the same clip as SGLD's (one step with friction 1 is a Langevin step), so a chain that reaches a wall
-steeper than its step can integrate is held back instead of exploding; clipped steps are counted.
+Taming (``kernels.base.tame_drift``, on by default): each kick uses
+g̃_i = g_i/max(1, h·|g_i|/(2·tame)), the same clip as SGLD's (one step with friction 1 is a Langevin
+step), so a chain that reaches a wall steeper than its step can integrate is held back instead of
+exploding; clipped steps are counted.
 
 ``score`` is the leapfrog energy error of the step, evaluated on the same minibatch: see
 :func:`leapfrog_log_acceptance`.

@@ -32,8 +32,8 @@ def sgld(preconditioner: Preconditioner | None = None, tame: float | None = TAME
     """Build an (optionally preconditioned) SGLD kernel:
     w ← w − (ε/2)·G⊙∇U_B(w) + √(ε·G)⊙ξ, ξ ~ N(0, I), G = 1 without a preconditioner
     (Welling & Teh 2011; preconditioned: Li et al. 2016, without the Γ correction term), the drift
-    of each coordinate clipped at ``tame`` noise standard deviations (``kernels.base.tame_drift``; None:
-    never)."""
+    of each coordinate clipped at ``tame`` noise standard deviations (``kernels.base.tame_drift``;
+    None: never)."""
     check_tame(tame)
     precond = preconditioner or identity()
     langevin = overdamped_langevin()
