@@ -6,7 +6,10 @@ in the result's attrs.
 The numbers are the session-6 measurements (``docs/validation.md``): on the crossing
 y = x·w1·w2² at n = 1000 (ε adapted to 3.7e-5, batch 256) the slowest relaxation 2/(εγ) is
 2.8·10⁵ steps, so the old cap (thin 125) left the draws ≈ 0.45 relaxation times long (R-hat 1.22,
-ESS 15: unhealthy); thin 1250 passed. An RRR 3-3-3 (d = 18, batch 256) must get exactly the old thinning: the
+ESS 15: unhealthy); thin 1250 passed then. Session 10: with the burn-in's ε adapted on the median
+chain (ε 1.6-2.2e-5 instead of a spiral down to 4e-7) 2/(εγ) is ≈ 7·10⁵ steps, 1.8 relaxation times at
+thin 1250 (R-hat 1.076), 7 at the cap of 10⁷ (thin 5000: R-hat 1.021, ESS 562, 0.103 ± 0.010 for an
+exact 0.104), and thin is chosen again at the burn-in's ε. An RRR 3-3-3 (d = 18, batch 256) must get exactly the old thinning: the
 RRR/DLN validation rows rely on it. Tiny models also freeze the burn-in's ε at the pooled estimate
 of the adaptation windows (``stepsize.pooled_step_size``), and, unless the user gives
 ``num_chains``, run 16 chains instead of 4 (``defaults.choose_num_chains``, session 8). Runtime: 5 s at load 1 (2.3 s the one
@@ -16,8 +19,10 @@ of the adaptation windows (``stepsize.pooled_step_size``), and, unless the user 
 from __future__ import annotations
 
 import json
+import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from _reliability_models import regression_problem
 
@@ -33,7 +38,7 @@ from slt_ppl.sampling.defaults import (
     is_tiny,
     step_cap,
 )
-from slt_ppl.sampling.stepsize import pooled_step_size
+from slt_ppl.sampling.stepsize import pooled_step_size, window_heating
 
 DRAWS, CHAINS = 1000, 4
 
@@ -49,9 +54,12 @@ def test_step_cap_is_larger_only_for_tiny_steps():
 
 def test_auto_thin_gives_the_crossing_the_larger_budget_and_rrr_the_old_one():
     crossing = SimpleNamespace(gamma=0.145, dim=2)
-    thin, why = auto_thin(crossing, 3.6e-5, 256, CHAINS, DRAWS)
-    assert thin == TINY_MAX_STEPS // (2 * DRAWS) == 1250  # was 125
-    assert "capped by the work budget" in why and "tiny model: batch·d = 512" in why
+    thin, why = auto_thin(crossing, 3.6e-5, 256, CHAINS, DRAWS)  # 10·2/(εγ)/1000 draws
+    assert thin == math.ceil(10 * 2 / (3.6e-5 * 0.145) / DRAWS) == 3832  # was 1250, before that 125
+    assert "capped" not in why and "tiny model: batch·d = 512" in why
+    thin, why = auto_thin(crossing, 1.4e-5, 256, CHAINS, DRAWS)  # y = x·w1·w2², ε of session 10
+    assert thin == TINY_MAX_STEPS // (2 * DRAWS) == 5000
+    assert "capped by the work budget" in why
     rrr = SimpleNamespace(gamma=0.12, dim=18)
     thin, why = auto_thin(rrr, 2e-6, 256, CHAINS, DRAWS)
     assert thin == MAX_STEPS // (2 * DRAWS) == 125  # unchanged
@@ -74,9 +82,9 @@ def test_tiny_models_are_not_charged_per_chain():
     """A tiny step costs its overhead (24 µs at 8 chains, 45 µs at 32 on the crossings), so 32
     chains keep the 4-chain thinning; every other model's work budget still counts the chains."""
     crossing = SimpleNamespace(gamma=0.145, dim=2)
-    four = auto_thin(crossing, 3.6e-5, 256, CHAINS, DRAWS)[0]
-    assert auto_thin(crossing, 3.6e-5, 256, 32, DRAWS)[0] == four == 1250
-    assert auto_thin(crossing, 3.6e-5, 256, 32, DRAWS, coldest=2.0)[0] == 2 * four
+    four = auto_thin(crossing, 1.4e-5, 256, CHAINS, DRAWS)[0]
+    assert auto_thin(crossing, 1.4e-5, 256, 32, DRAWS)[0] == four == 5000
+    assert auto_thin(crossing, 1.4e-5, 256, 32, DRAWS, coldest=2.0)[0] == 2 * four
     dln = SimpleNamespace(gamma=1.13, dim=33)
     budget = int(2e10 / (256 * 33 * 32) / (2 * DRAWS))
     assert auto_thin(dln, 7.3e-7, 256, 32, DRAWS)[0] == budget == 36 < 125
@@ -113,6 +121,30 @@ def test_pooled_step_size_averages_the_windows_not_the_last_one():
     assert pooled_step_size(capped, fallback=7e-6) == pytest.approx(1e-5)
     assert pooled_step_size({**record, "windows": windows[:2]}, fallback=7e-6) == 7e-6
     assert is_tiny(256, 2) and not is_tiny(256, 18)
+
+
+def test_the_burnin_heating_of_tiny_models_is_the_median_chain():
+    """One chain of 16 in a stiff arm (y = x·w1·w2², w1 ≈ 0, |w2| > 3: 0.2 % of the mass, 70 % of
+    the mean Laplacian) must not set the window's heating: the mean did, and the burn-in's ε
+    spiralled from 4.2e-5 to 4e-7 (session 10)."""
+    heat = np.full(16, 1e-3)
+    heat[3] = 0.5  # the chain in the arm
+    assert window_heating(heat, robust=True) == pytest.approx(1e-3)
+    assert window_heating(heat, robust=False) == pytest.approx((15e-3 + 0.5) / 16)
+
+
+def test_tiny_models_thin_at_the_burnin_step_size():
+    model, data, center = regression_problem(n=200, d=2)  # batch·d = 400: tiny
+    post = slt_ppl.localize(model, data, center, gamma=20.0)
+    res = slt_ppl.sample(post, num_draws=40, progress=False)
+    tuning = json.loads(res.attrs["step_size_tuning"])
+    burnin = tuning["burnin_adaptation"]
+    assert burnin["heating_over_chains"] == "median"
+    assert "thin_before_burnin" in tuning and "(at the burn-in's ε)" in tuning["thin_reason"]
+    eps = res.attrs["step_size"]
+    assert eps == burnin["chosen"]
+    expected = auto_thin(post, eps, 200, TINY_NUM_CHAINS, 40)[0]
+    assert res.attrs["thin"] == tuning["thin"] == expected
 
 
 def test_the_choice_is_in_the_attrs():

@@ -41,7 +41,7 @@ RELAXATIONS = 10  # recorded draws should span this many relaxation times of the
 # Tiny models: a step whose minibatch gradient is at most TINY_STEP_COST row·parameter products per
 # chain costs its fixed overhead, not its FLOPs, so these get TINY_MAX_STEPS (``step_cap``).
 TINY_STEP_COST = 1024
-TINY_MAX_STEPS = 2_500_000
+TINY_MAX_STEPS = 10_000_000
 DEFAULT_NUM_CHAINS = 4
 TINY_NUM_CHAINS = 16  # a tiny model's default chain count (``choose_num_chains``)
 
@@ -115,7 +115,12 @@ def step_cap(batch_size: int, dim: int) -> tuple[int, str]:
     Why: on the crossings y = x·w1^p1·w2^p2 (d = 2, batch 256, n = 1000) the slowest relaxation
     2/(εγ) is 1.6–3·10⁵ steps, so ``MAX_STEPS`` left the draws 0.4–0.8 relaxation times long
     (R-hat 1.06–1.22, ESS 15–67: unhealthy, though accurate); 10⁶ was not enough (healthy, but
-    0.010 ± 0.029 for an exact 0.104), 2.5·10⁶ passed (docs/validation.md, session 6). A step
+    0.010 ± 0.029 for an exact 0.104), 2.5·10⁶ passed (docs/validation.md, session 6). Session 10:
+    10⁷, because the burn-in's ε of y = x·w1·w2², no longer spiralling down (``stepsize.window_heating``),
+    settles at 1.6-2.2e-5, where 2/(εγ) ≈ 7·10⁵ steps: the draws of thin 1250 spanned 1.8 of them
+    (R-hat 1.076), of thin 5000 seven (R-hat 1.021, ESS 562, 0.103 ± 0.010 for an exact 0.104,
+    229 s). Only runs whose relaxation needs it take the extra steps (thin = 10 relaxation times
+    when that is less). A step
     costs its overhead there (4 chains, d = 2, load 9–10 on the shared 2-core box: 34 µs at batch
     256, 23 µs at batch 1000), so a default run went from 30–45 s to 2–5 min at load 10–30.
     Full-batch SGLD was measured as well and mixed no better (its tuned ε was no larger: the
