@@ -456,7 +456,10 @@ def window_heating(heat: np.ndarray, robust: bool) -> float:
     from ε = 4.2e-5 to 4.0e-7 (R-hat 1.12, ESS 84). The first-order formula also overstates what
     such an arm does to λ̂: at ε = 4.2e-5, where it predicted 8-40 % heating, a run 30 relaxation times
     long read 0.112 ± 0.007 for the exact 0.104. The median follows the chains' typical region; the
-    verdict still checks the whole run's mean heating (``estimators.bias``) and the tamed steps."""
+    verdict still checks the whole run's mean heating (``estimators.bias``) and the tamed steps.
+    Its cost: where many chains carry the heating the median is optimistic: x·w1·w2 (n = 1000,
+    RMSprop-SGLD) read 0.224 ± 0.012 for 0.196, flagged by that bias check (docs/validation.md,
+    session 10); a trimmed mean over chains is the open alternative."""
     return float(np.nanmedian(heat)) if robust else float(np.nanmean(heat))
 
 
