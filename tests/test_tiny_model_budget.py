@@ -133,6 +133,23 @@ def test_the_burnin_heating_of_tiny_models_is_the_median_chain():
     assert window_heating(heat, robust=False) == pytest.approx((15e-3 + 0.5) / 16)
 
 
+def test_only_the_pooled_burnin_uses_the_median(monkeypatch):
+    """The median is the tiny-model burn-in's alone: every other model (RRR, DLN, the 10k DLN of
+    the cost goal) keeps the mean over chains its validation rows were measured with."""
+    from slt_ppl.sampling import stepsize
+
+    seen = []
+
+    def fake(runner, state, ck, bk, eps, *, robust=False, **kw):
+        seen.append(robust)
+        return eps, {"windows": [], "target_relative_heating": 0.015}, state
+
+    monkeypatch.setattr(stepsize, "adapt_along_chains", fake)
+    for pooled in (False, True):
+        stepsize.adapt_burnin(SimpleNamespace(thin=10), None, None, None, 1e-5, 1000, pooled=pooled)
+    assert seen == [False, True]
+
+
 def test_tiny_models_thin_at_the_burnin_step_size():
     model, data, center = regression_problem(n=200, d=2)  # batch·d = 400: tiny
     post = slt_ppl.localize(model, data, center, gamma=20.0)
