@@ -7,7 +7,8 @@ The numbers are the session-6 measurements (``docs/validation.md``): on the cros
 y = x·w1·w2² at n = 1000 (ε adapted to 3.7e-5, batch 256) the slowest relaxation 2/(εγ) is
 2.8·10⁵ steps, so the old cap (thin 125) left the draws ≈ 0.45 relaxation times long (R-hat 1.22,
 ESS 15: unhealthy); thin 1250 passed then. Session 10: with the burn-in's ε adapted on a robust
-statistic over chains (the median; a trimmed mean since session 11; ε 1.6-2.2e-5 instead of a spiral down to 4e-7) 2/(εγ) is ≈ 7·10⁵ steps, 1.8 relaxation times at
+statistic over chains (the median; a trimmed mean since session 11; ε 1.6-2.2e-5 instead of a
+spiral down to 4e-7) 2/(εγ) is ≈ 7·10⁵ steps, 1.8 relaxation times at
 thin 1250 (R-hat 1.076), 7 at the cap of 10⁷ (thin 5000: R-hat 1.021, ESS 562, 0.103 ± 0.010 for an
 exact 0.104), and thin is chosen again at the burn-in's ε. An RRR 3-3-3 (d = 18, batch 256) must get exactly the old thinning: the
 RRR/DLN validation rows rely on it. Tiny models also freeze the burn-in's ε at the pooled estimate

@@ -451,7 +451,8 @@ TRIM_FRACTION = 0.125
 def window_heating(heat: np.ndarray, robust: bool) -> float:
     """A window's first-order heating from its per-chain values: the mean, or with ``robust``
     the trimmed mean over chains (:func:`trimmed_mean`, ``TRIM_FRACTION`` of the chains dropped at
-    each end: 2 of 16 at the tiny models' default).
+    each end: 2 of 16 at the tiny models' default; with fewer than 8 chains, a user's choice,
+    nothing is dropped and it is the mean).
 
     Why robust for tiny models: at the crossing y = x·w1·w2² (n = 1000) the posterior's mean
     Laplacian is dominated by a thin, stiff arm (w1 ≈ 0, |w2| > 3: 0.2 % of the mass, 70 % of
