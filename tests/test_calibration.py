@@ -200,3 +200,55 @@ def test_error_bar_sees_a_mode_slower_than_its_batches():
         z_before.append(y.mean() / max(arviz_mcse(trace), batch_means_se(trace)))
     assert np.std(z_now) <= 1.35, np.std(z_now)
     assert np.std(z_before) >= 1.45, np.std(z_before)  # the case needs the new term
+
+
+def test_error_bar_sees_chains_that_disagree_for_the_whole_run():
+    """16 independent chains × 1000 draws whose loss carries a slow AR(1) signal (τ = 5000 draws,
+    5 chain lengths: each chain keeps its own level for the whole run) under white noise of 80×
+    its variance. This is the shape of the x·w1·w2 crossing at n = 5000 (session 12): the chains
+    sat at their own places along the valleys, the per-draw spread was 0.6-0.9 and the chain means
+    differed by 0.06. Batches of every length then sit inside one level, so ArviZ's MCSE and both
+    batch-means estimates under-cover (z sd 1.91 over these 300 replicates), while the spread of
+    the chain means (``error_bars.between_chain_se``) gives 1.05, the t₁₅ value √(15/13) = 1.07
+    apart from noise. The sample sd of z has standard error ≈ 1.05/√600 ≈ 0.04, so 1.25 sits ≈ 5
+    standard errors above it and 1.6 ≈ 7 below the former formula's. ≈ 6 s."""
+    from scipy.signal import lfilter
+
+    from slt_ppl.estimators.error_bars import batch_means_se, replicated_batch_means_se
+
+    rng = np.random.default_rng(0)
+    tau = 5000
+    phi = (tau - 1) / (tau + 1)
+    z_now, z_before = [], []
+    for _ in range(300):
+        kicks = rng.normal(size=(16, 1000)) * math.sqrt(1 - phi**2)
+        start = phi * rng.normal(size=(16, 1))  # stationary start
+        signal = lfilter([1.0], [1.0, -phi], kicks, axis=1, zi=start)[0]
+        y = signal + math.sqrt(80.0) * rng.normal(size=(16, 1000))  # true mean 0
+        trace = xr.DataArray(y, dims=("chain", "draw"))
+        z_now.append(y.mean() / honest_se(trace))
+        before = (arviz_mcse(trace), batch_means_se(trace), replicated_batch_means_se(trace))
+        z_before.append(y.mean() / max(before))
+    assert np.std(z_now) <= 1.25, np.std(z_now)
+    assert np.std(z_before) >= 1.6, np.std(z_before)  # the case needs the new term
+
+
+def test_between_chain_se_needs_eight_chains_and_counts_their_correlation():
+    """Below 8 chains the term is NaN (left out of the max). Chains that share minibatches
+    correlate (ρ = 0.12 here, as measured on RRR 3-3-3 r = 2): the sample variance of the chain
+    means shrinks by 1 − ρ while the grand mean's variance grows by 1 + (C − 1)ρ = 2.8 at C = 16.
+    With both factors the term alone covers (z sd 1.07 over these 200 replicates, bound 1.25;
+    standard error of the sd ≈ 0.05); the plain s/√C does not (1.86, bound ≥ 1.4; the design of
+    the correlation test above). < 2 s."""
+    from slt_ppl.estimators.error_bars import between_chain_se
+
+    rng = np.random.default_rng(1)
+    four = xr.DataArray(rng.normal(size=(4, 100)), dims=("chain", "draw"))
+    assert math.isnan(between_chain_se(four))
+    z_term, z_plain = [], []
+    for _ in range(200):
+        y = correlated_chains(rng, 16, 400, 0.12)  # true mean 0
+        z_term.append(y.mean() / between_chain_se(xr.DataArray(y, dims=("chain", "draw"))))
+        z_plain.append(y.mean() / (np.std(y.mean(axis=1), ddof=1) / 4.0))
+    assert np.std(z_term) <= 1.25, np.std(z_term)
+    assert np.std(z_plain) >= 1.4, np.std(z_plain)
