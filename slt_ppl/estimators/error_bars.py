@@ -202,25 +202,6 @@ def between_chain_se(trace: xr.DataArray) -> float:
     return math.sqrt(var * (1.0 + (num_chains - 1) * rho) / (num_chains * (1.0 - rho)))
 
 
-def between_chain_lrv(x: np.ndarray) -> float:
-    """N·Var(chain means): the long-run variance implied by how much whole chains disagree. It
-    needs no batch to outlast the autocorrelation time (independent chains), so it keeps the ESS
-    honest when the chains are only a few relaxation times long; with shared minibatches the chains
-    agree more than independent ones would, which only lowers it. NaN with one chain."""
-    if x.shape[0] < 2:
-        return math.nan
-    return float(x.shape[1] * np.var(x.mean(axis=1), ddof=1))
-
-
-def lag_autocovariances(x: np.ndarray) -> tuple[float, float]:
-    """(γ(0), γ(1)) averaged over chains, each chain centered at its own mean."""
-    centered = x - x.mean(axis=1, keepdims=True)
-    num = x.shape[1]
-    g0 = float(np.mean(np.sum(centered**2, axis=1) / num))
-    g1 = float(np.mean(np.sum(centered[:, 1:] * centered[:, :-1], axis=1) / num))
-    return g0, g1
-
-
 def signal_ess_rhat(trace: xr.DataArray) -> tuple[float, float, str]:
     """ESS and R-hat of the slow part s of a trace y = s + white noise, from block means.
 
