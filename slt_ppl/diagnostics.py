@@ -179,8 +179,8 @@ def mixing(trace: xr.DataArray, minibatch: bool) -> tuple[float, float, str]:
     Why the full-data trace too (session 12): at a singular center its per-draw spread is the
     fast fluctuation across the valleys, fresh at every thinned draw, and it hides a slow mode
     as minibatch noise does. On the crossing y = x·w1·w2 at n = 5000 (defaults, 16 chains, full
-    loss trace, 5 seeds) ArviZ's R-hat on the draws read 1.002-1.006 where the chains' means
-    differed by 1.3-1.8× what the draws' spread allows; the block means read 1.010-1.061, highest
+    loss trace, 5 seeds) ArviZ's R-hat on the draws read 1.002-1.006 while the se from the chain
+    means was 1.1-1.8× the batch-based ones; the block means read 1.010-1.061, highest
     on the two seeds whose chains sat longest in the stiff arms of the valleys (λ̂ 0.410 and
     0.416 for the exact 0.387). Below 2·``SIGNAL_BLOCKS`` draws per chain the blocks are single
     draws, i.e. ArviZ's values on the trace. ``minibatch`` only names the trace."""

@@ -33,7 +33,7 @@ so :func:`signal_ess_rhat` is written here):
 * :func:`between_chain_se` — with 8 or more chains (a tiny model's default is 16), the spread
   of the chain means, scaled for the correlation between chains: it needs no batch at all, so it
   holds when a mode outlasts the chains' N/5 batches (session 12: on the crossing y = x·w1·w2 at
-  n = 5000 the chains spread along the valleys for the whole run, and it was 1.3-1.7× the others).
+  n = 5000 the chains spread along the valleys for the whole run, and it was 1.1-1.8× the others).
 * :func:`honest_se` — the largest of ArviZ's MCSE, the batch-means se, the replicated
   batch-means se and the between-chain se. ArviZ's MCSE uses the between-chain variance, which
   sees chains that have not mixed when the batches are shorter than the autocorrelation time;
