@@ -174,6 +174,17 @@ def test_error_bar_counts_the_correlation_between_chains():
     assert np.std(z_independent) >= 1.4, np.std(z_independent)  # the design can tell them apart
 
 
+def slow_signal_chains(rng, chains: int, draws: int, phi: float, noise_var: float) -> np.ndarray:
+    """Independent chains: a stationary AR(1) signal (unit variance, coefficient phi) plus white
+    noise of variance ``noise_var``; true mean 0."""
+    from scipy.signal import lfilter
+
+    kicks = rng.normal(size=(chains, draws)) * math.sqrt(1 - phi**2)
+    start = phi * rng.normal(size=(chains, 1))  # stationary start
+    signal = lfilter([1.0], [1.0, -phi], kicks, axis=1, zi=start)[0]
+    return signal + math.sqrt(noise_var) * rng.normal(size=(chains, draws))
+
+
 def test_error_bar_sees_a_mode_slower_than_its_batches():
     """Independent chains whose loss carries a slow AR(1) signal (integrated autocorrelation time
     τ = 200 draws, 1/5 of a chain) under white noise of 28× its variance, 4 chains × 1000 draws:
@@ -182,8 +193,6 @@ def test_error_bar_sees_a_mode_slower_than_its_batches():
     every chain (``error_bars.replicated_batch_means_se``, 19 degrees of freedom) bring it to 1.24.
     The sample sd of z has standard error ≈ 1.3/√600 ≈ 0.05, so 1.35 sits ≈ 2 standard errors
     above the measured value and 1.45 ≈ 2.5 below the former formula's. < 2 s."""
-    from scipy.signal import lfilter
-
     from slt_ppl.estimators.error_bars import batch_means_se
 
     rng = np.random.default_rng(0)
@@ -191,10 +200,7 @@ def test_error_bar_sees_a_mode_slower_than_its_batches():
     phi = (tau - 1) / (tau + 1)
     z_now, z_before = [], []
     for _ in range(300):
-        kicks = rng.normal(size=(4, 1000)) * math.sqrt(1 - phi**2)
-        start = phi * rng.normal(size=(4, 1))  # stationary start
-        signal = lfilter([1.0], [1.0, -phi], kicks, axis=1, zi=start)[0]
-        y = signal + math.sqrt(28.0) * rng.normal(size=(4, 1000))  # true mean 0
+        y = slow_signal_chains(rng, 4, 1000, phi, 28.0)  # true mean 0
         trace = xr.DataArray(y, dims=("chain", "draw"))
         z_now.append(y.mean() / honest_se(trace))
         z_before.append(y.mean() / max(arviz_mcse(trace), batch_means_se(trace)))
@@ -212,8 +218,6 @@ def test_error_bar_sees_chains_that_disagree_for_the_whole_run():
     the chain means (``error_bars.between_chain_se``) gives 1.05, the t₁₅ value √(15/13) = 1.07
     apart from noise. The sample sd of z has standard error ≈ 1.05/√600 ≈ 0.04, so 1.25 sits ≈ 5
     standard errors above it and 1.6 ≈ 7 below the former formula's. ≈ 6 s."""
-    from scipy.signal import lfilter
-
     from slt_ppl.estimators.error_bars import batch_means_se, replicated_batch_means_se
 
     rng = np.random.default_rng(0)
@@ -221,10 +225,7 @@ def test_error_bar_sees_chains_that_disagree_for_the_whole_run():
     phi = (tau - 1) / (tau + 1)
     z_now, z_before = [], []
     for _ in range(300):
-        kicks = rng.normal(size=(16, 1000)) * math.sqrt(1 - phi**2)
-        start = phi * rng.normal(size=(16, 1))  # stationary start
-        signal = lfilter([1.0], [1.0, -phi], kicks, axis=1, zi=start)[0]
-        y = signal + math.sqrt(80.0) * rng.normal(size=(16, 1000))  # true mean 0
+        y = slow_signal_chains(rng, 16, 1000, phi, 80.0)  # true mean 0
         trace = xr.DataArray(y, dims=("chain", "draw"))
         z_now.append(y.mean() / honest_se(trace))
         before = (arviz_mcse(trace), batch_means_se(trace), replicated_batch_means_se(trace))
