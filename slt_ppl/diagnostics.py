@@ -134,7 +134,8 @@ def relaxation_check(
     ``distance`` records; HMC/NUTS).
 
     Fails when both (i) :func:`relaxation_deficit` of the run (ε from attrs times the
-    preconditioner's median ``precond_median`` when recorded, γ, burn-in and thin·num_draws steps)
+    preconditioner's smallest diagonal ``precond_min`` when recorded (``precond_median`` in results
+    written before session 13), γ, burn-in and thin·num_draws steps)
     exceeds 5 % and (ii) ‖w_t − w*‖² still drifts over the kept draws (:func:`trend_z` above
     ``trend_z``). ‖w − w*‖² is dominated by the slow, wide directions (variance 1/γ each against
     1/h for stiff ones), so it shows an unfinished relaxation long after the loss trace looks flat.
@@ -147,7 +148,8 @@ def relaxation_check(
         return None
     th = thresholds or HealthThresholds()
     try:
-        eps = float(attrs["step_size"]) * float(attrs.get("precond_median", 1.0))
+        g = attrs.get("precond_min", attrs.get("precond_median", 1.0))
+        eps = float(attrs["step_size"]) * float(g)
         gamma = float(attrs["gamma"])
         thin = int(attrs.get("thin", 1))
         burnin, kept = int(attrs.get("num_burnin", 0)), thin * int(distance.sizes["draw"])

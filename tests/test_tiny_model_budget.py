@@ -31,12 +31,14 @@ import slt_ppl
 from slt_ppl.sampling.defaults import (
     DEFAULT_NUM_CHAINS,
     MAX_STEPS,
+    RELAXATIONS,
     TINY_MAX_STEPS,
     TINY_NUM_CHAINS,
     TINY_STEP_COST,
     auto_thin,
     choose_num_chains,
     is_tiny,
+    slowest_preconditioner,
     step_cap,
 )
 from slt_ppl.sampling.stepsize import pooled_step_size, trimmed_mean, window_heating
@@ -68,6 +70,26 @@ def test_auto_thin_gives_the_crossing_the_larger_budget_and_rrr_the_old_one():
     # a backend's own cap (torch: 20 000 steps) still wins
     thin, why = auto_thin(crossing, 3.6e-5, 256, CHAINS, DRAWS, max_steps=20_000)
     assert thin == 10 and "tiny" not in why
+
+
+def test_auto_thin_relaxes_the_slowest_preconditioned_coordinate():
+    """RMSprop-SGLD: thin counts the relaxation 2/(ε·G·γ) of the coordinate with the smallest G, not
+    the median one. State of y = x·w2⁶ at n = 5000 (session 13; 16 chains, one pooled G): G = 1.31
+    for w1, which enters only the prior (V̂ = γ), and 0.0014 for w2 (V̂ = E[∂²U] from its walls).
+    The median (0.65) gave thin 9; the draws spanned 2 % of w2's relaxation."""
+    gamma, eps = 0.117, 0.0316
+    delta = math.sqrt(gamma)
+    g = np.array([1.31, 0.0014])
+    v_hat = (1.0 / g - delta) ** 2
+    state = SimpleNamespace(second_moment=np.tile(v_hat, (16, 1)), count=np.full(16, 10**6))
+    params = {"alpha": 0.99, "delta": delta}
+    assert slowest_preconditioner(state, params) == pytest.approx(0.0014)
+    assert slowest_preconditioner(SimpleNamespace(), params) == 1.0  # SGLD: G = 1
+    crossing = SimpleNamespace(gamma=gamma, dim=2)
+    thin, why = auto_thin(crossing, eps, 256, 16, DRAWS, state, kernel_params=params)
+    tau = 2.0 / (eps * 0.0014 * gamma)
+    assert thin == math.ceil(RELAXATIONS * tau / DRAWS) > 100 * 9, why
+    assert f"{tau:.3g}" in why
 
 
 def test_default_chain_count_is_larger_only_for_tiny_models():

@@ -43,7 +43,7 @@ from slt_ppl.sampling.defaults import (
     choose_kernel,
     choose_num_chains,
     is_tiny,
-    median_preconditioner,
+    slowest_preconditioner,
 )
 from slt_ppl.sampling.loop import DrawRecord
 from slt_ppl.sampling.observe import NEVER, prepare, record_key
@@ -183,8 +183,8 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
         "checkpoint": "" if ckpt_file is None else str(ckpt_file),
         "sampling_time_s": float(wall - (compile_time - compile_before)),
         "compile_time_s": float(compile_time),
-        # the relaxation check's ε·G (``diagnostics.relaxation_check``): G's median, final state
-        "precond_median": median_preconditioner(
+        # the relaxation check's ε·G (``diagnostics.relaxation_check``): G's minimum, final state
+        "precond_min": slowest_preconditioner(
             getattr(state, "kernel_state", state), setup.kernel.params
         ),
         **backend.attrs(),
