@@ -39,7 +39,9 @@ def test_result_structure_roundtrips_netcdf(tmp_path):
 def test_same_seed_same_draws_and_chain_independence():
     model, p = zoo.linear_regression(d=3, n=300)
     post = slt_ppl.localize(model, p.data, p.center)
-    kw = {"num_draws": 30, "num_burnin": 10, "step_size": 1e-4, "progress": False}
+    # thin given: automatic thinning would give this tiny model ~10⁶ steps per run (112 s in CI)
+    # for a test of keys and chain layout, which any thin exercises
+    kw = {"num_draws": 30, "num_burnin": 10, "step_size": 1e-4, "thin": 2, "progress": False}
     a = slt_ppl.sample(post, num_chains=2, **kw)
     b = slt_ppl.sample(post, num_chains=2, **kw)
     c = slt_ppl.sample(post, num_chains=3, **kw)
