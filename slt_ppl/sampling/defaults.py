@@ -177,7 +177,8 @@ def auto_thin(
 
     gamma = float(posterior.gamma)
     coldest = max(1.0, float(coldest))
-    eps = float(step_size) / coldest * slowest_preconditioner(kernel_state, kernel_params or {})
+    g_min = slowest_preconditioner(kernel_state, kernel_params or {})
+    eps = float(step_size) / coldest * g_min
     if not (gamma > 0 and eps > 0 and math.isfinite(eps)):
         tau = math.inf
     else:
@@ -196,7 +197,8 @@ def auto_thin(
     wanted = math.inf if not math.isfinite(tau) else math.ceil(RELAXATIONS * tau / num_draws)
     thin = int(max(1, min(wanted, thin_max)))
     capped = " (capped by the work budget)" if wanted > thin_max else ""
-    return thin, f"thin {thin}: slowest relaxation 2/(εγ) = {tau:.3g} steps{capped}; {cap_reason}"
+    relax = "2/(εγ)" if g_min == 1.0 else f"2/(ε·G·γ), smallest G {g_min:.3g},"
+    return thin, f"thin {thin}: slowest relaxation {relax} = {tau:.3g} steps{capped}; {cap_reason}"
 
 
 def slowest_preconditioner(kernel_state: Any, params: dict[str, Any]) -> float:
