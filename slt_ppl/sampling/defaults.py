@@ -156,9 +156,10 @@ def auto_thin(
     crossing y = w1·w2·x (n = 1000, γ = 0.145) MALA's ε = 1e-3 gives τ ≈ 1.4·10⁴ steps, and 2 000
     steps of it read λ̂ = 0.146 for an exact 0.196. For preconditioned kernels ε is scaled by the
     smallest diagonal G (``slowest_preconditioner``; until session 13 the median, which let the
-    draws of y = x·w2⁶ span 2 % of a relaxation; read from the chains' RMSprop state when given, with the decay α
-    and damping δ of ``kernel_params``: the driver sets δ = √γ, ``preconditioners.localized_delta``,
-    so G ≤ 1/√γ; the paper's 1e-5 overstated G 10⁵-fold at a singular center). The cost of a step
+    draws of y = x·w2⁶ span 2 % of a relaxation), read from the chains' RMSprop state when given,
+    with the decay α and damping δ of ``kernel_params`` (the driver sets δ = √γ,
+    ``preconditioners.localized_delta``, so G ≤ 1/√γ; the paper's 1e-5 overstated G 10⁵-fold at a
+    singular center). The cost of a step
     is taken as batch_size·d per chain; the thinning is capped so that burn-in plus draws (2·thin·
     num_draws steps) stay within ``WORK_BUDGET`` and ``max_steps`` per chain (None: ``step_cap``,
     which gives tiny models more steps), and is never below 1 (large models keep the run length
