@@ -74,7 +74,7 @@ def test_auto_thin_gives_the_crossing_the_larger_budget_and_rrr_the_old_one():
 
 def test_auto_thin_relaxes_the_slowest_preconditioned_coordinate():
     """RMSprop-SGLD: thin counts the relaxation 2/(ε·G·γ) of the coordinate with the smallest G, not
-    the median one. State of y = x·w2⁶ at n = 5000 (session 13; 16 chains, one pooled G): G = 1.31
+    the median one. State of y = x·w2³ at n = 5000 (session 13; 16 chains, one pooled G): G = 1.31
     for w1, which enters only the prior (V̂ = γ), and 0.0014 for w2 (V̂ = E[∂²U] from its walls).
     The median (0.65) gave thin 9; the draws spanned 2 % of w2's relaxation."""
     gamma, eps = 0.117, 0.0316

@@ -156,7 +156,7 @@ def auto_thin(
     crossing y = w1·w2·x (n = 1000, γ = 0.145) MALA's ε = 1e-3 gives τ ≈ 1.4·10⁴ steps, and 2 000
     steps of it read λ̂ = 0.146 for an exact 0.196. For preconditioned kernels ε is scaled by the
     smallest diagonal G (``slowest_preconditioner``; until session 13 the median, which let the
-    draws of y = x·w2⁶ span 2 % of a relaxation), read from the chains' RMSprop state when given,
+    draws of y = x·w2³ span 2 % of a relaxation), read from the chains' RMSprop state when given,
     with the decay α and damping δ of ``kernel_params`` (the driver sets δ = √γ,
     ``preconditioners.localized_delta``, so G ≤ 1/√γ; the paper's 1e-5 overstated G 10⁵-fold at a
     singular center). The cost of a step
@@ -210,7 +210,7 @@ def slowest_preconditioner(kernel_state: Any, params: dict[str, Any]) -> float:
     Why the smallest: coordinate i relaxes in at most 2/(ε·G_i·γ) steps (its precision is ≥ γ), and
     at a singular center one coordinate can have both a small G (its E[g²] = E[∂²U], Stein's
     identity, is set by stiff walls far out) and a precision of only ≈ γ near w* (the flat bottom).
-    On the crossing y = x·w2⁶ (n = 5000, RMSprop-SGLD, 16 chains) G was 0.0014 for w2 and 1.31
+    On the crossing y = x·w2³ (n = 5000, RMSprop-SGLD, 16 chains) G was 0.0014 for w2 and 1.31
     for w1 (which enters only the prior): with their median, 0.65, thin came out 9 and the draws
     spanned 2 % of w2's 2/(εGγ); λ̂ read 0.122 ± 0.015 for an exact 0.147, "healthy" (session 13).
     Where G is nearly uniform, or thin is capped by the step budget anyway (every RRR, DLN and
