@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 import slt_ppl
 from models.numpyro_zoo import dln, normal_crossing
 from slt_ppl.kernels import get_kernel
-from slt_ppl.sampling.loop import SegmentRunner
+from slt_ppl.sampling.loop import FAST_INDEX_MAX_ROWS, SegmentRunner, minibatch_indices
 
 
 def _run(post, kernel: str, center_table: str, thin: int = 1):
@@ -104,3 +106,32 @@ def test_program_cache_keys_on_the_argument_signature() -> None:
     x = jnp.ones(3)
     np.testing.assert_array_equal(cached_call(first, x, jnp.zeros(2, jnp.uint32)), 2 * x)
     np.testing.assert_array_equal(cached_call(first, x, jnp.zeros((2, 2), jnp.uint32)), 2 * x)
+
+
+@pytest.mark.parametrize("n", [1, 7, 1000, 65_536])
+def test_one_word_minibatch_indices_are_uniform(n: int) -> None:
+    """``minibatch_indices`` (one 32-bit word per index, mod n) draws every row with probability
+    1/n: Pearson's χ² over 400 000 draws against the uniform counts. Its modulo bias, ≤ n/2³²
+    relative, is far below what 400 000 draws resolve, so a correct draw gives χ² ≈ n − 1 ± √(2n);
+    a draw that favors some rows (e.g. a wrong reduction) fails by orders of magnitude."""
+    key = jax.random.PRNGKey(3)
+    draws = jax.vmap(lambda t: minibatch_indices(jax.random.fold_in(key, t), 256, n))(
+        jnp.arange(1563)
+    )
+    idx = np.asarray(draws).ravel()
+    assert idx.dtype == np.int32 and idx.min() >= 0 and idx.max() < n
+    if n == 1:
+        return
+    counts = np.bincount(idx, minlength=n)
+    expected = idx.size / n
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    df = n - 1
+    assert abs(chi2 - df) < 5 * math.sqrt(2 * df) + 10, (chi2, df)  # 5 sd of χ²_df (+ small df)
+
+
+def test_large_n_draws_indices_with_randint() -> None:
+    """Above ``FAST_INDEX_MAX_ROWS`` rows the exact ``jax.random.randint`` is used."""
+    key = jax.random.PRNGKey(4)
+    n = FAST_INDEX_MAX_ROWS + 1
+    expected = jax.random.randint(key, (256,), 0, n)
+    np.testing.assert_array_equal(minibatch_indices(key, 256, n), expected)
