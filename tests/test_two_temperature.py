@@ -189,9 +189,11 @@ def test_minibatch_heating_warning_checks_every_temperature():
     nβ·f (``stepsize.warn_minibatch_heating``): the factor-1 value is the single run's exactly
     (the same chains), the factor-2 chains carry about twice the relative noise heating (first
     order: tr Σ_B grows as f², ε/f), and the warning names that temperature. Batch 16 of n = 800:
-    at ε = 1e-4 the estimate is ≈ 6 % (factor 1) and ≈ 10 % (factor 2); at 1e-5 it read 1.2-3.8 %
-    (seeds 5-10, both index draws of session 14: the estimate's own noise over 1600 minibatches of
-    16 and a λ̂ not yet relaxed at this ε), below the 5 % limit and well below the 1e-4 value. (~8 s)"""
+    at ε = 1e-4 the estimate is 6-23 % (factor 1) and 1.8-2× that (factor 2) over seeds 5-10,
+    so a warning; at 1e-5 none. The heating term (ε/8)·E[tr Σ_B] itself is first order in ε: its
+    ratio between ε = 1e-5 and 1e-4 read 0.096-0.104 at both temperatures over seeds 5-10 with
+    either index draw (session 14), so the test holds it to 0.1 ± 0.025. The relative value at
+    1e-5 (1.2-3.8 % over the same seeds) is not: its denominator λ̂ has not relaxed at this ε. (~8 s)"""
     from slt_ppl.estimators._common import temperature_slices
     from slt_ppl.sampling.stepsize import _noise_heating, warn_minibatch_heating
 
@@ -211,4 +213,10 @@ def test_minibatch_heating_warning_checks_every_temperature():
     with warnings.catch_warnings():
         warnings.simplefilter("error", slt_ppl.HealthWarning)  # none at a tenth of the step
         quiet = slt_ppl.sample(post, step_size=1e-5, temperatures=FACTORS, **kw)
-    assert warn_minibatch_heating(quiet) < 0.5 * warn_minibatch_heating(two)  # first order: ∝ ε
+    quiet_stats = quiet["sample_stats"]
+    heat = [_noise_heating(s, a, 1.0)[2] for s, a in temperature_slices(stats, dict(two.attrs))]
+    heat_quiet = [
+        _noise_heating(s, a, 1.0)[2] for s, a in temperature_slices(quiet_stats, dict(quiet.attrs))
+    ]
+    for loud, soft in zip(heat, heat_quiet, strict=True):
+        assert 0.075 < soft / loud < 0.125, (heat, heat_quiet)  # first order: ∝ ε
