@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -90,12 +91,28 @@ def rmsprop(
         count = states.count[..., None]  # (C, 1): one count per chain
         correction = 1.0 - alpha ** jnp.maximum(count, 1).astype(states.second_moment.dtype)
         v_hat = jnp.where(count > 0, states.second_moment / correction, 0.0)  # (C, d)
-        onehot = (groups[:, None] == jnp.unique(groups)[None, :]).astype(v_hat.dtype)  # (C, K)
+        labels = np.asarray(groups)
+        onehot = (labels[:, None] == np.unique(labels)[None, :]).astype(v_hat.dtype)  # (C, K)
         group_mean = (onehot.T @ v_hat) / onehot.sum(0)[:, None]  # (K, d)
-        v = (onehot @ group_mean) * correction  # each chain: its group's mean V̂ at its count
+        for k, member in enumerate(onehot.T.astype(bool)):  # a few temperatures, outside jit
+            if int(POOL_TRIM_FRACTION * member.sum()) > 0:  # ≥ 8 chains: trim (none dropped below)
+                group_mean = group_mean.at[k].set(trimmed_chain_mean(v_hat[member]))
+        v = (onehot @ group_mean) * correction  # each chain: its group's pooled V̂ at its count
         return RMSPropState(v, jnp.maximum(states.count, 1), jnp.ones_like(states.frozen))
 
     return Preconditioner("rmsprop", init, update, pool)
+
+
+# Fraction of the chains dropped at each end of every coordinate's V̂ before pooling (rmsprop).
+POOL_TRIM_FRACTION = 0.125
+
+
+def trimmed_chain_mean(v_hat: Array, fraction: float = POOL_TRIM_FRACTION) -> Array:
+    """Mean over chains (axis 0) of each coordinate after dropping ⌊fraction·C⌋ of the C chains at
+    each end of that coordinate (the plain mean when that is 0, e.g. C < 8 at 0.125)."""
+    k = int(fraction * v_hat.shape[0])
+    ordered = jnp.sort(v_hat, axis=0)
+    return jnp.mean(ordered[k : v_hat.shape[0] - k], axis=0)
 
 
 def _rms_diagonal(v: Array, count: Array, alpha: float, delta: float) -> Array:
