@@ -13,7 +13,7 @@ w1's and w2's G counted mostly w1's, which enters only the prior), so the run is
 0.0041 in 316 s, where session 12's thin gave 0.071 ± 0.010 in 21 s (two runs at a time on 2 cores).
 
 The unit tests check the two pieces on their own: the damping bound G ≤ 1/√γ and the pooling
-(group means of V̂, frozen afterwards, temperatures never mixed).
+(group means of V̂, trimmed over ≥ 8 chains, frozen afterwards, temperatures never mixed).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -97,6 +98,31 @@ def test_pool_takes_group_means_of_v_hat_and_freezes():
         after, g = pre.update(one, jnp.array([100.0, 100.0]))  # frozen: the gradient is ignored
         np.testing.assert_allclose(g, 1.0 / (np.sqrt(expected[c]) + delta), rtol=1e-5)
         np.testing.assert_allclose(after.second_moment, one.second_moment)
+
+
+def test_pool_trims_the_chains_at_both_ends_of_each_coordinate():
+    """With ≥ 8 chains in a group, ⌊C/8⌋ chains are dropped at each end of every coordinate's V̂
+    before the mean: one chain caught on a stiff valley wall (V̂ 10⁴× the others) no longer sets
+    every chain's G. Groups of 16 and 8 chains (two temperatures), V̂ = g² with constant g."""
+    pre = rmsprop(alpha=0.5, delta=0.0, freeze_after=1000)
+    v16 = np.arange(1.0, 17.0)  # group 1: 1..16, with the largest replaced by an outlier below
+    v16[5] = 1e4
+    v8 = np.array([9.0, 1.0, 4.0, 2.0, 3.0, 1e6, 5.0, 6.0])  # group 2: 8 chains
+    v = np.concatenate([v16, v8])
+    grads = np.stack([np.sqrt(v), np.sqrt(v[::-1])], axis=1)  # second coordinate: other order
+    s = jax.vmap(pre.init)(jnp.zeros((24, 2)))
+    for _ in range(3):
+        s, _ = jax.vmap(pre.update)(s, jnp.asarray(grads))
+    pooled = pre.pool(s, jnp.asarray([1.0] * 16 + [2.0] * 8))
+    _, g = jax.vmap(pre.update)(pooled, jnp.zeros((24, 2)))
+
+    def trimmed(x, k):
+        return np.sort(x)[k : len(x) - k].mean()
+
+    for coord, values in enumerate((v, v[::-1])):
+        want = np.r_[[trimmed(values[:16], 2)] * 16, [trimmed(values[16:], 1)] * 8]
+        np.testing.assert_allclose(np.asarray(g[:, coord]), 1.0 / np.sqrt(want), rtol=1e-5)
+    assert trimmed(v[:16], 2) < 10.0  # the outlier is gone (the plain mean would be ≈ 632)
 
 
 def test_pool_leaves_a_live_preconditioner_alone():

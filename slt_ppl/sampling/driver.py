@@ -151,7 +151,8 @@ def run(backend: Backend, posterior: Any, s: RunSettings) -> xr.DataTree:
             setup = setup._replace(state=_pooled(setup, tuned))
             if setup.state is not tuned:  # ε was adapted on per-chain G: adapt it again below
                 tuning["preconditioner"] = (
-                    "pooled over the chains and frozen after the ε adaptation"
+                    "pooled over each temperature's chains (mean V̂, ⌊C/8⌋ chains trimmed at "
+                    "each end of each coordinate) and frozen after the ε adaptation"
                 )
     setup, s, step_size = _run_length(
         posterior, setup, s, step_size, tuning, tune_keys,
