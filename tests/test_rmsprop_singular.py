@@ -135,3 +135,48 @@ def test_pool_chains_leaves_other_kernels_alone():
     kernel = slt_ppl.kernels.sgld()
     state = kernel.init(None, jnp.zeros(2), None)
     assert pool_chains(kernel, state, jnp.zeros(1)) is state
+
+
+def test_torch_pool_matches_the_jax_pool_and_freezes():
+    """The torch RMSprop-SGLD pools as the JAX preconditioner does (same groups, same trim): the
+    pooled V̂ agree chain by chain, and a torch step afterwards leaves V unchanged (frozen)."""
+    import torch
+
+    from slt_ppl.kernels.preconditioners import RMSPropState
+    from slt_ppl.kernels_torch.sgld import rmsprop_sgld as torch_rmsprop_sgld
+
+    alpha, freeze_after = 0.99, 50
+    rng = np.random.default_rng(3)
+    v = rng.gamma(0.5, size=(24, 3)) * 10.0
+    v[4, 0] = 1e5  # a chain on a stiff wall
+    counts = rng.integers(1, 40, size=24)  # every chain still live
+    groups = np.array([1.0] * 16 + [2.0] * 8)
+    jax_state = RMSPropState(
+        jnp.asarray(v), jnp.asarray(counts, jnp.int32), jnp.zeros(24, jnp.bool_)
+    )
+    jax_pooled = rmsprop(alpha=alpha, freeze_after=freeze_after).pool(
+        jax_state, jnp.asarray(groups)
+    )
+    kernel = torch_rmsprop_sgld(alpha=alpha, freeze_after=freeze_after)
+    state = kernel.init(None, torch.zeros(24, 3, dtype=torch.float64), None)
+    state = state._replace(
+        second_moment=torch.tensor(v), count=torch.tensor(counts, dtype=torch.float64)
+    )
+    pooled = pool_chains(kernel, state, groups)
+
+    def v_hat(second_moment, count):
+        return np.asarray(second_moment) / (1.0 - alpha ** np.asarray(count, float)[:, None])
+
+    np.testing.assert_allclose(
+        v_hat(pooled.second_moment, pooled.count),
+        v_hat(jax_pooled.second_moment, jax_pooled.count),
+        rtol=1e-5,  # JAX stores V in float32 (x64 off): ≈ 1e-6 relative rounding per chain
+    )
+    assert float(pooled.count.min()) >= freeze_after  # frozen from here on
+
+    def value_and_grad(w):
+        return (w**2).sum(1), (w**2).sum(1), 100.0 * torch.ones_like(w)
+
+    after, _ = kernel.step(torch.Generator().manual_seed(0), pooled, value_and_grad, 1e-3)
+    torch.testing.assert_close(after.second_moment, pooled.second_moment)
+    assert kernel.pool is not None and torch_rmsprop_sgld(freeze_after=None).pool is None

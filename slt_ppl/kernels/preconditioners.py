@@ -141,6 +141,9 @@ def pool_chains(kernel: Any, kernel_state: Any, groups: Array) -> Any:
     (``Preconditioner.pool``), unchanged for kernels without an adaptive preconditioner.
     ``groups``: (C,) labels, e.g. the chains' temperature factors (chains at different temperatures
     target different posteriors and are never pooled together)."""
+    own = getattr(kernel, "pool", None)  # torch kernels pool their whole (batched) state
+    if own is not None:
+        return own(kernel_state, np.asarray(groups))
     pre = getattr(kernel, "preconditioner", None)
     inner = getattr(kernel_state, "precond_state", None)
     if pre is None or getattr(pre, "pool", None) is None or inner is None:

@@ -47,7 +47,7 @@ class StepInfo(NamedTuple):
 class TorchKernel(NamedTuple):
     """A batched torch sampling kernel; ``proposal``, ``full_batch`` and ``score`` as in
     ``kernels.base.Kernel`` (``score(value_and_grad, state, new_state, info, step_size)`` returns
-    the per-chain log acceptance, shape (C,))."""
+    the per-chain log acceptance, shape (C,)); ``pool`` as ``Preconditioner.pool``."""
 
     name: str
     init: Callable[[torch.Generator, Tensor, ValueAndGrad], Any]
@@ -56,6 +56,9 @@ class TorchKernel(NamedTuple):
     full_batch: bool
     params: dict[str, Any]
     score: Callable[[ValueAndGrad, Any, Any, StepInfo, float], Tensor] | None = None
+    # pool(state, groups) -> state: an adaptive preconditioner pooled over each group of chains
+    # and frozen (``kernels.preconditioners.pool_chains``); None for kernels without one
+    pool: Callable[[Any, Any], Any] | None = None
 
 
 MASK64 = (1 << 64) - 1

@@ -10,11 +10,14 @@ after k updates (``slt_ppl.sample`` sets k = burn-in), so the chain is then exac
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from slt_ppl.kernels.base import TAME_LIMIT, check_tame
+from slt_ppl.kernels.preconditioners import POOL_TRIM_FRACTION
 from slt_ppl.kernels_torch.base import (
     StepInfo,
     Tensor,
@@ -100,7 +103,33 @@ def sgld(
         "freeze_after": -1 if freeze_after is None else int(freeze_after),
         "tame": tame,
     }
-    return TorchKernel("rmsprop_sgld", init, step, "langevin", False, params)
+    pool = None if freeze_after is None else _rmsprop_pool(alpha, freeze_after)
+    return TorchKernel("rmsprop_sgld", init, step, "langevin", False, params, pool=pool)
+
+
+def _rmsprop_pool(alpha: float, freeze_after: int) -> Callable[[SGLDState, Any], SGLDState]:
+    """RMSprop's pooling, as the JAX ``kernels.preconditioners.rmsprop`` ``pool``: every chain's V̂
+    becomes its group's mean V̂ over the chains, ⌊C/8⌋ chains trimmed at each end of each coordinate
+    when the group has ≥ 8 (``POOL_TRIM_FRACTION``), and is frozen: the count is raised to
+    ``freeze_after`` (V stops at count ≥ freeze_after) and V rescaled so that V̂ = V/(1 − α^t) is the
+    pooled value at the new count."""
+
+    def pool(state: SGLDState, groups: Any) -> SGLDState:
+        v, count = state.second_moment, state.count
+        seen = count[:, None] > 0
+        v_hat = torch.where(seen, v / torch.where(seen, 1.0 - alpha ** count[:, None], 1.0), 0.0)
+        labels = np.asarray(groups)
+        pooled = torch.empty_like(v_hat)
+        for label in np.unique(labels):
+            member = torch.as_tensor(labels == label, device=v_hat.device)
+            chains = v_hat[member]
+            k = int(POOL_TRIM_FRACTION * chains.shape[0])
+            trimmed = torch.sort(chains, dim=0).values[k : chains.shape[0] - k]
+            pooled[member] = trimmed.mean(dim=0)
+        frozen = torch.clamp(count, min=float(max(1, freeze_after)))
+        return SGLDState(state.position, pooled * (1.0 - alpha ** frozen[:, None]), frozen)
+
+    return pool
 
 
 def rmsprop_sgld(
