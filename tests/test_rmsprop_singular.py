@@ -122,7 +122,7 @@ def test_pool_trims_the_chains_at_both_ends_of_each_coordinate():
     for coord, values in enumerate((v, v[::-1])):
         want = np.r_[[trimmed(values[:16], 2)] * 16, [trimmed(values[16:], 1)] * 8]
         np.testing.assert_allclose(np.asarray(g[:, coord]), 1.0 / np.sqrt(want), rtol=1e-5)
-    # the outlier no longer sets the group's G: ≥ 5× the plain mean's G (√(632/8.6) ≈ 8.6×)
+    # the outlier no longer sets the group's G: ≥ 5× the plain mean's G (√(633/9.25) ≈ 8.3×)
     assert float(g[0, 0]) > 5.0 / np.sqrt(v[:16].mean())
 
 
