@@ -402,15 +402,17 @@ def _run_worker(python: str, side: str, size: str, chains: list[int], steps: int
     never-reset peak memory is the current count's); returns one dict per chain count."""
     cmd = [python, str(Path(__file__).resolve()), "--worker", side, size,
            ",".join(map(str, chains)), str(steps), repr(gamma), str(repeats)]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return [{"chains": c, "error": f"timed out after {timeout:.0f} s"} for c in chains]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return [{"chains": c, "error": tail[0][:300]} for c in chains]
+        # the whole end of the traceback: Pyro appends the trace's shapes after the message
+        tail = (proc.stderr or proc.stdout).strip()[-1500:] or "no output"
+        return [{"chains": c, "error": tail} for c in chains]
     return json.loads(lines[-1][len("RESULT ") :])
 
 
@@ -435,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
         help="per-size chain counts, e.g. '10M:1,8;100M:1,4' (others use --chains)",
     )
     parser.add_argument("--sides", default="ours,ours_torch,minimal,devinterp")
+    parser.add_argument(
+        "--gamma-for",
+        default="",
+        help="per-size γ, e.g. '1M:3.66' (default: slt_ppl's choice, from a JAX localize here)",
+    )
     parser.add_argument(
         "--steps", default=None, help="steps per chain: one number, or per size '1M:1000;10M:200'"
     )
@@ -480,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in (item.split(":") for item in args.chains_for.split(";") if item)
     )
     steps_for = _per_size(args.steps)
+    gammas = {k: float(v) for k, v in (it.split(":") for it in args.gamma_for.split(";") if it)}
     sides = args.sides.split(",")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -495,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
                 peaks.setdefault(r["framework"], r["tflops"])  # the framework's default setting
             _append(live, {"peak": r})
     for size in sizes:
-        gamma = _gamma_for(size)
+        gamma = gammas.get(size) or _gamma_for(size)
         steps = steps_for.get(size) or DEFAULT_STEPS[size]
         chain_list = chains_for.get(size) or [int(c) for c in args.chains.split(",")]
         for side in sides:
@@ -565,9 +573,9 @@ def _append(path: Path, row: dict) -> None:
 
 def _print_row(row: dict) -> None:
     if "error" in row:
-        print(
-            f"{row['size']:>5} {row['chains']:>3} {row['side']:<11} n/a: {row['error']}", flush=True
-        )
+        lines = row["error"].splitlines()
+        print(f"{row['size']:>5} {row['chains']:>3} {row['side']:<11} n/a:", flush=True)
+        print("      " + "\n      ".join(lines[-12:]), flush=True)
         return
     print(
         f"{row['size']:>5} {row['chains']:>3} {row['side']:<11} {row['chain_steps_per_s']:>10.0f} "

@@ -22,6 +22,7 @@ inside it
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping
 from types import SimpleNamespace
@@ -66,10 +67,30 @@ class _RejectSubsampling(Messenger):
             raise subsample_error(msg["name"], f"subsample=<{len(given)} indices>", "pyro")
 
 
+def on_device(device: torch.device) -> Any:
+    """A context in which the model's own tensor constructors land on ``device``.
+
+    Pyro models are written without a device: ``dist.Normal(0.0, 1.0)`` makes its parameters with
+    torch's default device, the CPU. With the data on a GPU such a model fails at its first
+    ``x @ w`` (prior draw on the CPU, data on cuda; seen on an H200 in session 17, where every
+    Pyro run of ``benchmarks/llc_speed.py`` failed so). Every call of the model therefore runs
+    under ``torch.device(device)``, which sets the default device of factory functions. On the
+    CPU nothing is entered: torch's device context is a function mode, a small cost per op.
+    """
+    device = torch.device(device)
+    return contextlib.nullcontext() if device.type == "cpu" else device
+
+
+def _device_of(tensors: Mapping[str, Tensor]) -> torch.device:
+    first = next((v for v in tensors.values() if isinstance(v, Tensor)), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def trace_model(model: Callable[..., Any], data: Mapping[str, Tensor]) -> poutine.Trace:
-    """Run the model once under ``poutine.trace`` on ``data`` and return its trace."""
+    """Run the model once under ``poutine.trace`` on ``data`` (on the data's device,
+    ``on_device``) and return its trace."""
     try:
-        with torch.no_grad():
+        with torch.no_grad(), on_device(_device_of(data)):
             return poutine.trace(_RejectSubsampling()(model)).get_trace(**data)
     except TypeError as err:
         raise ModelError(
@@ -199,7 +220,7 @@ def make_loss_fn(
 
     def loss_fn(w: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
         params = constrain(unravel(w))
-        with pyro.validation_enabled(False):
+        with pyro.validation_enabled(False), on_device(w.device):
             tr = poutine.trace(poutine.condition(model, data=params)).get_trace(**batch)
         log_lik = 0.0
         for name in observed_names:
@@ -379,7 +400,7 @@ def nonfinite_sites(
     observed: Mapping[str, dict],
 ) -> str:
     """'; non-finite log-likelihood at w* in site 'y' (3 of 10 values)' ('' if none is found)."""
-    with torch.no_grad(), pyro.validation_enabled(False):
+    with torch.no_grad(), pyro.validation_enabled(False), on_device(_device_of(data)):
         tr = poutine.trace(poutine.condition(model, data=dict(params))).get_trace(**data)
         parts = []
         for name in observed:
