@@ -1,8 +1,9 @@
 """Steps per second of a tiny model, by how the minibatch indices are drawn (session 14).
 
-A tiny model's step (batch·d ≤ 1024) costs its fixed overhead, and drawing the 256 row indices was
-a quarter of it. ``sampling.loop.minibatch_indices`` now takes one 32-bit word per index (mod n, for
-n ≤ 2¹⁶) where ``jax.random.randint`` took two. This script times both on the singular suite's
+A tiny model's step (batch·d ≤ 1024 then; 2048 since session 17, ``step_cost_threshold.py``)
+costs its fixed overhead, and drawing the 256 row indices was a quarter of it.
+``sampling.loop.minibatch_indices`` now takes one 32-bit word per index (mod n, for n ≤ 2¹⁶) where
+``jax.random.randint`` took two. This script times both on the singular suite's
 crossing y = x·w1·w2 (n = 1000, d = 2, 16 chains, batch 256):
 
 - fixed ε and thin (the same work in both): chain-steps per second, compilation excluded;

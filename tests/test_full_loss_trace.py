@@ -55,7 +55,7 @@ def test_the_trace_is_the_full_data_loss_at_the_draws():
     np.testing.assert_array_equal(paired["posterior"]["w"].values, res["posterior"]["w"].values)
     assert paired.attrs["loss_trace"] == "minibatch" and is_minibatch(dict(paired.attrs))
     assert not np.allclose(paired["sample_stats"]["loss"].values, stats["loss"].values)
-    # automatic (tiny: 16·2 ≤ 1024): n = 200 > 0.1·thin·batch = 64 at thin 40; ≤ 320 at thin 200
+    # automatic (tiny: 16·2 ≤ 2048): n = 200 > 0.1·thin·batch = 64 at thin 40; ≤ 320 at thin 200
     assert slt_ppl.sample(post, **KW).attrs["loss_trace"] == "minibatch"
     auto = slt_ppl.sample(post, **{**KW, "thin": 200, "num_draws": 5})
     assert auto.attrs["loss_trace"] == "full"

@@ -1,4 +1,4 @@
-"""The step budget of automatic thinning: tiny models (a step's gradient ≤ 1024 row·parameter
+"""The step budget of automatic thinning: tiny models (a step's gradient ≤ 2048 row·parameter
 products per chain, where a step costs its fixed overhead) may take ``TINY_MAX_STEPS`` steps per
 chain, every other model keeps ``MAX_STEPS`` (``slt_ppl.sampling.defaults.step_cap``); the choice is
 in the result's attrs.
@@ -50,9 +50,25 @@ def test_step_cap_is_larger_only_for_tiny_steps():
     assert step_cap(256, 2)[0] == TINY_MAX_STEPS  # the crossings and tanh 1 unit (batch·d = 512)
     assert step_cap(TINY_STEP_COST, 1)[0] == TINY_MAX_STEPS
     assert step_cap(TINY_STEP_COST + 1, 1)[0] == MAX_STEPS
-    for dim in (6, 18, 30, 33):  # tanh 3 units, RRR 3-3-3 / 5-3-5, DLN 4-3-3-4
+    assert step_cap(256, 6)[0] == TINY_MAX_STEPS  # tanh 3 units (1 536; tiny since session 17)
+    for dim in (18, 30, 33):  # RRR 3-3-3 / 5-3-5, DLN 4-3-3-4
         assert step_cap(256, dim)[0] == MAX_STEPS
     assert "tiny model" in step_cap(256, 2)[1] and "tiny" not in step_cap(256, 18)[1]
+
+
+def test_the_threshold_takes_tanh3_in_and_keeps_rrr_and_dln_out():
+    """Session 17: ``TINY_STEP_COST`` 2048 (was 1024). At batch 256 the SGLD step of 16 chains on a tanh
+    network costs within 1.4× of the d = 2 step up to d = 8 (``benchmarks/step_cost_threshold.py``),
+    and the 3-unit tanh (d = 6) read 0.766 ± 0.057 for an exact 0.963, healthy, as a non-tiny model
+    (thin chosen before the burn-in cut ε, the draws short of 10 relaxation times). Every RRR
+    (d ≥ 18) and the DLN (d = 33) of the singular suite must stay non-tiny: their rows rely on it."""
+    assert is_tiny(256, 6) and is_tiny(256, 8)  # 1 536, 2 048
+    assert not is_tiny(256, 9) and not is_tiny(256, 18) and not is_tiny(256, 33)
+    assert is_tiny(1024, 2) and not is_tiny(1025, 2)  # a d = 2 crossing at batch 1024, 1025
+    tanh3 = SimpleNamespace(gamma=0.117, dim=6)  # ε after the burn-in of the session-16 run
+    thin, why = auto_thin(tanh3, 2.95e-5, 256, TINY_NUM_CHAINS, DRAWS)
+    assert thin == TINY_MAX_STEPS // (2 * DRAWS) == 5000  # the session-16 run: thin 125
+    assert "tiny model: batch·d = 1536 ≤ 2048" in why
 
 
 def test_auto_thin_gives_the_crossing_the_larger_budget_and_rrr_the_old_one():
@@ -95,7 +111,8 @@ def test_auto_thin_relaxes_the_slowest_preconditioned_coordinate():
 def test_default_chain_count_is_larger_only_for_tiny_models():
     assert choose_num_chains(None, 256, 2)[0] == TINY_NUM_CHAINS == 16  # crossings, tanh 1 unit
     assert "tiny model: batch·d = 512" in choose_num_chains(None, 256, 2)[1]
-    for dim in (6, 18, 33):  # tanh 3 units, RRR 3-3-3, DLN 4-3-3-4: unchanged
+    assert choose_num_chains(None, 256, 6)[0] == TINY_NUM_CHAINS  # tanh 3 units (session 17)
+    for dim in (18, 33):  # RRR 3-3-3, DLN 4-3-3-4: unchanged
         assert choose_num_chains(None, 256, dim) == (DEFAULT_NUM_CHAINS, "4 (default)")
     assert choose_num_chains(7, 256, 2) == (7, "given")  # the user's count always wins
     assert choose_num_chains(None, 256, 2, external=True)[0] == DEFAULT_NUM_CHAINS  # NUTS/HMC

@@ -67,7 +67,7 @@ def sample(
         batch_size: minibatch size for SG kernels, default min(n, 256); indices are drawn with
             replacement on the device.
         num_chains: chains (per temperature); None (default) is 4, or 16 for a tiny model
-            (batch·d ≤ 1024) sampled by slt_ppl's own kernels, where a step costs its overhead
+            (batch·d ≤ 2048) sampled by slt_ppl's own kernels, where a step costs its overhead
             and more chains are almost free (``sampling.defaults.choose_num_chains``; the choice
             is in attrs["num_chains_choice"]).
         num_draws: recorded draws per chain.
