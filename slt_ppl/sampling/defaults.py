@@ -77,6 +77,12 @@ def choose_num_chains(
     ≈ 5·Var_β(nβL_n)/ESS ≈ 5λ/ESS), is set by the draws of all chains together. With 4 chains the
     two-temperature λ̂₂ of the w2⁶ crossings (λ = 1/6, n = 5000) had se 7-24 % of λ; the
     measurements behind ``TINY_NUM_CHAINS`` are in docs/validation.md (session 8).
+
+    Not as free as that (session 17, ``benchmarks/step_cost_threshold.py``, idle 2-core CPU, tanh
+    networks at batch 256): a step of 16 chains took 44 µs against 6.5 µs for 4 chains at d = 2,
+    56 against 12 at d = 6, i.e. 4× the draws for 4.6-6.7× the wall time per step. Whether 4 chains
+    thinned 4× longer would be as accurate for less is not measured; the suite's tiny rows were
+    all validated at 16.
     """
     if num_chains is not None:
         return int(num_chains), "given"
