@@ -41,7 +41,7 @@ from models.numpyro_zoo import dln  # noqa: E402
 from slt_ppl.kernels import get_kernel  # noqa: E402
 from slt_ppl.sampling.loop import SegmentRunner  # noqa: E402
 
-EPS, BATCH, N = 1e-6, 500, 10_000
+EPS, BATCH, N = 1e-6, 500, 10_000  # ε of every variant (``--eps``; llc_speed's minimal: its own)
 
 
 def jax_variants(width: int, c: int, t: int) -> tuple[dict[str, Callable], float]:
@@ -111,12 +111,21 @@ def main() -> None:
         "--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch default)"
     )
     parser.add_argument("--only", default="", help="comma list of variants to time (default all)")
+    parser.add_argument(
+        "--eps",
+        type=float,
+        default=1e-6,
+        help="ε of the slt_ppl variants (the minimal loop uses llc_speed.STEP_SIZE of the width: "
+        "1e-6 at width 50, 1e-7 at 500; pass that to compare λ̂)",
+    )
     args = parser.parse_args()
+    globals()["EPS"] = args.eps  # read by jax_variants' runs
     c, t = args.chains, args.steps
     variants, gamma = jax_variants(args.width, c, t)
-    from llc_speed import minimal_program
+    from llc_speed import SIZES, minimal_program
 
-    go_min, _, full, _ = minimal_program("10k", c, t, gamma) if args.width == 50 else (None,) * 4
+    size = next((name for name, width in SIZES.items() if width == args.width), None)
+    go_min, _, full, _ = minimal_program(size, c, t, gamma) if size else (None,) * 4
     if go_min is not None:
         variants["minimal"] = lambda: (go_min().T, np.full((c, t), full))
     if not args.no_torch:
