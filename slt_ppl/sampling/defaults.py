@@ -78,11 +78,11 @@ def choose_num_chains(
     two-temperature λ̂₂ of the w2⁶ crossings (λ = 1/6, n = 5000) had se 7-24 % of λ; the
     measurements behind ``TINY_NUM_CHAINS`` are in docs/validation.md (session 8).
 
-    Not as free as that (session 17, ``benchmarks/step_cost_threshold.py``, idle 2-core CPU, tanh
-    networks at batch 256): a step of 16 chains took 44 µs against 6.5 µs for 4 chains at d = 2,
-    56 against 12 at d = 6, i.e. 4× the draws for 4.6-6.7× the wall time per step. Whether 4 chains
-    thinned 4× longer would be as accurate for less is not measured; the suite's tiny rows were
-    all validated at 16.
+    Session 17, default runs of the crossing y = x·w1·w2 (n = 1000, exact 0.196, thin 5000 at both
+    counts, the two runs of a seed side by side): 16 chains 0.201 ± 0.009 and 0.196 ± 0.009 in 81
+    and 79 s of sampling, 4 chains 0.190 ± 0.015 and 0.230 ± 0.013 in 72 and 75 s: 1.07× the time
+    for a 2.2× smaller se²·time. (The fixed-ε step timing of ``benchmarks/step_cost_threshold.py``
+    read 16 chains at 6.7× the step of 4; full runs do not show that.)
     """
     if num_chains is not None:
         return int(num_chains), "given"
