@@ -81,8 +81,11 @@ def choose_num_chains(
     Session 17, default runs of the crossing y = x·w1·w2 (n = 1000, exact 0.196, thin 5000 at both
     counts, the two runs of a seed side by side): 16 chains 0.201 ± 0.009 and 0.196 ± 0.009 in 81
     and 79 s of sampling, 4 chains 0.190 ± 0.015 and 0.230 ± 0.013 in 72 and 75 s: 1.07× the time
-    for a 2.2× smaller se²·time. (The fixed-ε step timing of ``benchmarks/step_cost_threshold.py``
-    read 16 chains at 6.7× the step of 4; full runs do not show that.)
+    for a 2.2× smaller se²·time; a fixed-ε step of that crossing takes 10.5 µs at 16 chains, 6.5
+    at 4. Not so for tanh networks (``benchmarks/step_cost_threshold.py``): 45 µs against 9.5 at
+    d = 2, 58 against 12 at d = 6, because 256·units·chains tanh evaluations (and their derivatives)
+    per step cost more than the overhead; batch·d does not see that. The 3-unit tanh's rows were
+    validated at 16 chains (docs/validation.md, session 17).
     """
     if num_chains is not None:
         return int(num_chains), "given"
