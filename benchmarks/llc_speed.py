@@ -505,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         gamma = gammas.get(size) or _gamma_for(size)
         steps = steps_for.get(size) or DEFAULT_STEPS[size]
-        chain_list = chains_for.get(size) or [int(c) for c in args.chains.split(",")]
+        # increasing: JAX's peak memory is never reset within a worker (``_device_memory_mb``)
+        chain_list = sorted(chains_for.get(size) or [int(c) for c in args.chains.split(",")])
         for side in sides:
             python = args.devinterp_python if side == "devinterp" else sys.executable
             side_steps, side_repeats = steps, args.repeats

@@ -61,3 +61,14 @@ def test_pyro_model_samples_on_cuda():
     post = slt_ppl.localize(_model, data, {"w": np.array([0.5, -0.3])}, device="cuda")
     res = slt_ppl.sample(post, num_draws=50, num_chains=2, progress=False, seed=0)
     assert np.isfinite(float(slt_ppl.llc(res, warn=False)["llc"]))
+
+
+def test_fisher_of_a_torch_model_refuses_gpu_data_by_name():
+    """The Fisher / effective-dimension path of torch models runs on the CPU (NumPy in between):
+    data on another device get our error naming the key, not a failure inside the model."""
+    from slt_ppl.errors import DataError
+    from slt_ppl.estimators.fisher import model_info
+
+    data = {"x": torch.zeros(5, 2, device="meta"), "y": torch.zeros(5, device="meta")}
+    with pytest.raises(DataError, match=r"data\['x'\] is on device meta.*run on the CPU"):
+        model_info(_model, data, backend="pyro")

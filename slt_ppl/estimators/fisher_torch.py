@@ -42,6 +42,14 @@ class PyroModelInfo:
         arrays = {k: v for k, v in data.items() if isinstance(v, torch.Tensor) and v.dim() >= 1}
         if not arrays:
             raise DataError("data has no tensor with a leading data axis")
+        # Fisher and effective dimension of torch models run on the CPU (draws and scores go
+        # through NumPy); a GPU tensor would fail deep inside the model or at .numpy()
+        for k, v in data.items():
+            if isinstance(v, torch.Tensor) and v.device.type != "cpu":
+                raise DataError(
+                    f"data[{k!r}] is on device {v.device}; the Fisher / effective-dimension "
+                    "estimators of torch models run on the CPU: pass v.cpu()"
+                )
         self.n = max(int(v.shape[0]) for v in arrays.values())
         if self.n == 0:
             raise DataError("data are empty (leading length 0)")
